@@ -1,0 +1,160 @@
+package podsim
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func requirePods(t *testing.T) {
+	t.Helper()
+	if err := Supported(); err != nil {
+		t.Skipf("needs root and a cgroup v1 memory hierarchy: %v", err)
+	}
+}
+
+func startPod(t *testing.T, spec Spec) *Pod {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	p, err := Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return p
+}
+
+func waitExit(t *testing.T, c *Container) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	code, err := c.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code
+}
+
+func TestContainerView(t *testing.T) {
+	requirePods(t)
+	tests := []struct {
+		name     string
+		net      bool
+		readOnly bool
+	}{
+		{"shared net, writable cgroup", false, false},
+		{"own net, read-only cgroup", true, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "out")
+			// The container reports what it sees: its own limit, its name,
+			// whether its cgroup view is writable, and the PIDs of the pod.
+			script := `cat /sys/fs/cgroup/memory/memory.limit_in_bytes
+echo "$HEAPWATCH_CONTAINER_NAME"
+if echo 1 > /sys/fs/cgroup/memory/memory.soft_limit_in_bytes 2>/dev/null; then echo rw; else echo ro; fi
+ls /proc | grep -c '^[0-9]'
+echo $$`
+			p := startPod(t, Spec{Name: t.Name(), Net: tt.net, Containers: []ContainerSpec{
+				{Name: "sleeper", Argv: []string{"sleep", "60"}},
+				{Name: "app", Argv: []string{"sh", "-c", "{\n" + script + "\n} > " + out}, MemoryLimit: 64 << 20, ReadOnlyCgroup: tt.readOnly},
+			}})
+			if code := waitExit(t, p.Container("app")); code != 0 {
+				t.Fatalf("app exit code %d", code)
+			}
+			b, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines := strings.Fields(string(b))
+			if len(lines) != 5 {
+				t.Fatalf("output %q", b)
+			}
+			mode := "rw"
+			if tt.readOnly {
+				mode = "ro"
+			}
+			if lines[0] != strconv.Itoa(64<<20) || lines[1] != "app" || lines[2] != mode {
+				t.Errorf("limit, name, mode = %q, %q, %q; want %d, app, %s", lines[0], lines[1], lines[2], 64<<20, mode)
+			}
+			// init, sleeper, and the script itself (plus ls/grep): a PID
+			// namespace of its own, shared by both containers.
+			if n, _ := strconv.Atoi(lines[3]); n < 3 || n > 8 {
+				t.Errorf("pod sees %s processes, want a handful", lines[3])
+			}
+			if pid, _ := strconv.Atoi(lines[4]); pid <= 1 || pid > 20 {
+				t.Errorf("container PID in the pod namespace = %s, want a small number", lines[4])
+			}
+		})
+	}
+}
+
+func TestOOMKill(t *testing.T) {
+	requirePods(t)
+	// tail holds its whole input in memory when there is no newline.
+	p := startPod(t, Spec{Name: t.Name(), Containers: []ContainerSpec{
+		{Name: "hog", Argv: []string{"sh", "-c", "head -c 512M /dev/zero | tail"}, MemoryLimit: 32 << 20},
+	}})
+	c := p.Container("hog")
+	if code := waitExit(t, c); code != 137 {
+		t.Errorf("exit code %d, want 137", code)
+	}
+	n, err := c.OOMKills()
+	if err != nil || n != 1 {
+		t.Errorf("oom_kill = %d, %v; want 1", n, err)
+	}
+}
+
+func TestCloseRemovesEverything(t *testing.T) {
+	requirePods(t)
+	p, err := Start(context.Background(), Spec{Name: "close", Containers: []ContainerSpec{
+		{Name: "a", Argv: []string{"sleep", "600"}, MemoryLimit: 16 << 20},
+		{Name: "b", Argv: []string{"sh", "-c", "sleep 600 & sleep 600; wait"}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids := []int{p.InitPID()}
+	for _, name := range []string{"a", "b"} {
+		pid, err := p.Container(name).PID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids = append(pids, pid)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if _, err := os.Stat(p.CgroupDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pod cgroup %s still there: %v", p.CgroupDir, err)
+	}
+	for _, pid := range pids {
+		if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); err == nil {
+			t.Errorf("process %d still running after Close: %s", pid, b)
+		}
+	}
+	if _, err := p.Add(ContainerSpec{Name: "late", Argv: []string{"true"}}); err == nil {
+		t.Error("Add after Close succeeded")
+	}
+}
+
+func TestBadContainer(t *testing.T) {
+	requirePods(t)
+	_, err := Start(context.Background(), Spec{Name: "bad", Containers: []ContainerSpec{{Name: "Bad Name", Argv: []string{"true"}}}})
+	if err == nil {
+		t.Fatal("Start accepted a container name with spaces")
+	}
+}
