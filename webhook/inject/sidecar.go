@@ -1,0 +1,115 @@
+package inject
+
+import (
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/utils/ptr"
+
+	"github.com/heapwatch/heapwatch/sidecar/settings"
+)
+
+// Capabilities the sidecar keeps after dropping ALL; see the README's
+// privileges section for the full reasoning.
+var capabilities = []corev1.Capability{
+	// SYS_PTRACE: following /proc/<pid>/root and reading /proc/<pid>/fd links
+	// and /proc/<pid>/environ of another container's process is a
+	// PTRACE_MODE_READ access check. Same uid is not enough either: the
+	// kernel also requires the reader's capabilities to be a superset of the
+	// target's unless it holds CAP_SYS_PTRACE. The sidecar never calls
+	// ptrace(2) (RuntimeDefault seccomp stays on).
+	"SYS_PTRACE",
+	// DAC_READ_SEARCH: /proc/<pid>/fd (mode 0500) and /proc/<pid>/environ
+	// (0400) belong to the app's uid; the sidecar runs as uid 0 without
+	// DAC_OVERRIDE, so listing and reading them for an app running as any
+	// other uid needs the read-only permission bypass. It grants no write.
+	"DAC_READ_SEARCH",
+}
+
+// Sidecar renders the sidecar container for cfg.
+func Sidecar(cfg settings.Config, o Options) corev1.Container {
+	c := corev1.Container{
+		Name:  SidecarName,
+		Image: o.Image,
+		Env: append([]corev1.EnvVar{
+			fieldEnv(EnvPodName, "metadata.name"),
+			fieldEnv(EnvPodNamespace, "metadata.namespace"),
+			fieldEnv(EnvPodUID, "metadata.uid"),
+			fieldEnv(EnvNodeName, "spec.nodeName"),
+		}, settingsEnv(cfg)...),
+		Resources: corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{corev1.ResourceCPU: cfg.CPURequest, corev1.ResourceMemory: cfg.MemoryRequest},
+			Limits:   corev1.ResourceList{corev1.ResourceCPU: cfg.CPULimit, corev1.ResourceMemory: cfg.MemoryLimit},
+		},
+		VolumeMounts:             []corev1.VolumeMount{{Name: SpoolVolume, MountPath: SpoolDir}},
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+		SecurityContext: &corev1.SecurityContext{
+			Privileged:               ptr.To(false),
+			AllowPrivilegeEscalation: ptr.To(false),
+			ReadOnlyRootFilesystem:   ptr.To(true),
+			// uid 0, stripped to two capabilities: Kubernetes gives added
+			// capabilities to non-root containers only in the bounding set,
+			// never effective, so a non-root sidecar could not use them.
+			RunAsUser:      ptr.To[int64](0),
+			RunAsNonRoot:   ptr.To(false),
+			Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: capabilities},
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+	}
+	if dir, _ := fileStorageDir(cfg.Storage); dir != "" {
+		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: CapturesVolume, MountPath: dir})
+	}
+	if o.CredentialsSecret != "" {
+		c.EnvFrom = []corev1.EnvFromSource{{SecretRef: &corev1.SecretEnvSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: o.CredentialsSecret},
+			Optional:             ptr.To(true),
+		}}}
+	}
+	if o.NativeSidecar {
+		c.RestartPolicy = ptr.To(corev1.ContainerRestartPolicyAlways)
+	}
+	return c
+}
+
+func fieldEnv(name, fieldPath string) corev1.EnvVar {
+	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{
+		FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: fieldPath},
+	}}
+}
+
+// settingsEnv renders the settings plus the Go runtime limits derived from
+// the sidecar's own resources.
+func settingsEnv(cfg settings.Config) []corev1.EnvVar {
+	rendered := cfg.Env()
+	env := make([]corev1.EnvVar, 0, len(rendered)+2)
+	for _, e := range rendered {
+		env = append(env, corev1.EnvVar{Name: e.Name, Value: e.Value})
+	}
+	return append(env,
+		corev1.EnvVar{Name: "GOMEMLIMIT", Value: strconv.FormatInt(goMemLimit(cfg.MemoryLimit), 10)},
+		corev1.EnvVar{Name: "GOMAXPROCS", Value: strconv.FormatInt(goMaxProcs(cfg.CPULimit), 10)},
+	)
+}
+
+func goMemLimit(limit resource.Quantity) int64 {
+	return limit.Value() * goMemLimitPercent / 100
+}
+
+// goMaxProcs is the CPU limit rounded up to whole CPUs, at least 1.
+func goMaxProcs(limit resource.Quantity) int64 {
+	return max(1, (limit.MilliValue()+999)/1000)
+}
+
+func volumes(cfg settings.Config) []corev1.Volume {
+	spoolLimit := resource.NewQuantity(cfg.SpoolBytes+cfg.SpoolBytes/spoolHeadroomDivisor, resource.BinarySI)
+	vs := []corev1.Volume{{Name: SpoolVolume, VolumeSource: corev1.VolumeSource{
+		EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: spoolLimit},
+	}}}
+	if dir, _ := fileStorageDir(cfg.Storage); dir != "" {
+		vs = append(vs, corev1.Volume{Name: CapturesVolume, VolumeSource: corev1.VolumeSource{
+			EmptyDir: &corev1.EmptyDirVolumeSource{},
+		}})
+	}
+	return vs
+}
