@@ -258,7 +258,10 @@ func TestFetch(t *testing.T) {
 // countingWriter keeps only a count: the test itself must not hold 2 GB.
 type countingWriter int64
 
-func (w *countingWriter) Write(p []byte) (int, error) { *w += countingWriter(len(p)); return len(p), nil }
+func (w *countingWriter) Write(p []byte) (int, error) {
+	*w += countingWriter(len(p))
+	return len(p), nil
+}
 
 func TestFetchBounded(t *testing.T) {
 	tests := []struct {
