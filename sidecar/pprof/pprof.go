@@ -183,6 +183,59 @@ func (c *Client) Probe(ctx context.Context, eps []Endpoint) []Endpoint {
 	return out
 }
 
+// Find returns one endpoint that serves pprof. A cached positive answer is
+// returned without any request, so a capture never waits on the probes of
+// other ports; otherwise the uncached ports are probed concurrently and the
+// first that answers as pprof is returned at once, while the remaining
+// probes finish in the background (each bounded) to fill the cache.
+func (c *Client) Find(ctx context.Context, eps []Endpoint) (Endpoint, bool) {
+	var todo []Endpoint
+	for _, ep := range eps {
+		ok, hit := c.lookup(ep)
+		if hit && ok {
+			return ep, true
+		}
+		if !hit {
+			todo = append(todo, ep)
+		}
+	}
+	if len(todo) == 0 {
+		return Endpoint{}, false
+	}
+	found := make(chan Endpoint, len(todo))
+	sem := make(chan struct{}, c.opts.ProbeConcurrency)
+	var wg sync.WaitGroup
+	for _, ep := range todo {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			// Not the caller's ctx: a probe cut short would say nothing.
+			err := c.ProbeOne(context.WithoutCancel(ctx), ep.Addr)
+			c.store(ep, err == nil)
+			if err == nil {
+				found <- ep
+			}
+		}()
+	}
+	all := make(chan struct{})
+	go func() { wg.Wait(); close(all) }()
+	select {
+	case ep := <-found:
+		return ep, true
+	case <-all:
+		select {
+		case ep := <-found:
+			return ep, true
+		default:
+			return Endpoint{}, false
+		}
+	case <-ctx.Done():
+		return Endpoint{}, false
+	}
+}
+
 // Forget drops the cached answer for ep, e.g. after a fetch from it failed.
 func (c *Client) Forget(ep Endpoint) {
 	c.mu.Lock()

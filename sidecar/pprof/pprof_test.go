@@ -296,3 +296,36 @@ func TestFetchBounded(t *testing.T) {
 		})
 	}
 }
+
+func TestFindReturnsFirstPprofWithoutWaitingForHangingPorts(t *testing.T) {
+	good := pprofServer(t, "tcp", "/debug/pprof")
+	eps := []Endpoint{
+		{PID: 7, Addr: rawServer(t, silent)},
+		{PID: 7, Addr: rawServer(t, slowHeader)},
+		{PID: 7, Addr: good},
+	}
+	c := NewClient(fast)
+	start := time.Now()
+	ep, ok := c.Find(context.Background(), eps)
+	if !ok || ep.Addr != good {
+		t.Fatalf("Find = %+v, %v; want %s", ep, ok, good)
+	}
+	if d := time.Since(start); d >= fast.ProbeTimeout {
+		t.Errorf("Find waited %v for the hanging ports", d)
+	}
+	// The background probes still record the hanging ports as negative.
+	deadline := time.Now().Add(2 * fast.ProbeTimeout)
+	for {
+		ok, hit := c.lookup(eps[0])
+		if hit && !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("silent port never cached as not pprof")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, ok := c.Find(context.Background(), eps[:2]); ok {
+		t.Error("Find found pprof among ports known not to serve it")
+	}
+}
