@@ -1,0 +1,73 @@
+package cgroup
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// copyTree copies a fixture directory so a test can modify it.
+func copyTree(t testing.TB, src string) string {
+	t.Helper()
+	dst := t.TempDir()
+	if err := os.CopyFS(dst, os.DirFS(src)); err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+func TestV2InotifyOnMemoryEvents(t *testing.T) {
+	dir := copyTree(t, "testdata/v2/limited")
+	m, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	n, err := m.Notify()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if n.Mode() != ModeInotify {
+		t.Fatalf("mode %s (%v), want inotify", n.Mode(), n.Reason())
+	}
+	// v2 has no arbitrary thresholds: a no-op, not an error.
+	if err := n.SetThresholds([]uint64{1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel modifies memory.events when a counter moves; a write to
+	// the fixture file raises the same inotify event.
+	events := "low 0\nhigh 0\nmax 13\noom 4\noom_kill 2\noom_group_kill 0\n"
+	if err := os.WriteFile(filepath.Join(dir, "memory.events"), []byte(events), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case nt := <-n.C():
+		if nt.Kind != NoticeEvents {
+			t.Errorf("notice kind %s, want %s", nt.Kind, NoticeEvents)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no notice after memory.events changed")
+	}
+	s, err := m.Sample()
+	if err != nil || s.OOMKills != 2 || s.OOMs != 4 {
+		t.Errorf("Sample after the change = %+v, %v", s, err)
+	}
+	if err := n.Close(); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestV2MissingEventsFallsBackToPolling(t *testing.T) {
+	m, err := Open("testdata/v2/missing-optional")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	n, err := m.Notify()
+	if err == nil {
+		n.Close()
+		t.Fatalf("Notify without memory.events: mode %s, want an error", n.Mode())
+	}
+}
