@@ -198,9 +198,9 @@ func TestInjectSettings(t *testing.T) {
 			warnings: []string{`heapwatch.io/interval: invalid value "fast" (not a duration (e.g. 100ms, 30s)); using "100ms"`},
 		},
 		{
-			name:     "huge invalid value is quoted shortened",
-			opts:     []podgen.Option{podgen.Annotations("heapwatch.io/thresholds", strings.Repeat("9", 3<<20))},
-			env:      map[string]string{"HEAPWATCH_THRESHOLDS": "60,75,90"},
+			name: "huge invalid value is quoted shortened",
+			opts: []podgen.Option{podgen.Annotations("heapwatch.io/thresholds", strings.Repeat("9", 3<<20))},
+			env:  map[string]string{"HEAPWATCH_THRESHOLDS": "60,75,90"},
 			warnings: []string{`heapwatch.io/thresholds: invalid value "` + strings.Repeat("9", 20) + "..." + strings.Repeat("9", 60) +
 				`" ("` + strings.Repeat("9", 19) + `...` + strings.Repeat("9", 9) + `" is not a percentage between 0 and 100 (exclusive)); using "60,75,90"`},
 		},
