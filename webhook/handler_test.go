@@ -1,0 +1,292 @@
+package webhook
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+
+	jsonpatch "github.com/evanphx/json-patch/v5"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/heapwatch/heapwatch/sidecar/settings"
+	"github.com/heapwatch/heapwatch/webhook/inject"
+	"github.com/heapwatch/heapwatch/webhook/internal/podgen"
+)
+
+func testOptions() inject.Options {
+	return inject.Options{Image: "ghcr.io/heapwatch/heapwatch-sidecar:v1", Defaults: settings.Defaults(), NativeSidecar: true, CredentialsSecret: "heapwatch-s3"}
+}
+
+func testHandler() *Handler {
+	return NewHandler(testOptions(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+}
+
+// request wraps raw pod JSON in a CREATE request as the API server sends it.
+func request(raw []byte, namespace string) admission.Request {
+	return admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
+		UID:       types.UID("0d6f6b3e-5b7c-4a58-9bfb-1c2d3e4f5a6b"),
+		Kind:      podKind,
+		Resource:  metav1.GroupVersionResource{Version: "v1", Resource: "pods"},
+		Namespace: namespace,
+		Operation: admissionv1.Create,
+		Object:    runtime.RawExtension{Raw: raw},
+	}}
+}
+
+func podJSON(t testing.TB, p *corev1.Pod) []byte {
+	t.Helper()
+	raw, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// applyPatch applies the response's patch to the original JSON the way the
+// API server does and returns the resulting JSON.
+func applyPatch(t testing.TB, original []byte, resp admission.Response) []byte {
+	t.Helper()
+	if len(resp.Patches) == 0 {
+		return original
+	}
+	if resp.PatchType == nil || *resp.PatchType != admissionv1.PatchTypeJSONPatch {
+		t.Fatalf("patch type = %v, want JSONPatch", resp.PatchType)
+	}
+	ops, err := json.Marshal(resp.Patches)
+	if err != nil {
+		t.Fatal(err)
+	}
+	patch, err := jsonpatch.DecodePatch(ops)
+	if err != nil {
+		t.Fatalf("decoding the patch: %v", err)
+	}
+	out, err := patch.Apply(original)
+	if err != nil {
+		t.Fatalf("applying the patch: %v", err)
+	}
+	return out
+}
+
+func decodePod(t testing.TB, raw []byte) *corev1.Pod {
+	t.Helper()
+	var p corev1.Pod
+	if err := json.Unmarshal(raw, &p); err != nil {
+		t.Fatal(err)
+	}
+	return &p
+}
+
+func findContainer(cs []corev1.Container, name string) *corev1.Container {
+	i := slices.IndexFunc(cs, func(c corev1.Container) bool { return c.Name == name })
+	if i < 0 {
+		return nil
+	}
+	return &cs[i]
+}
+
+func TestHandlePatchesPod(t *testing.T) {
+	tests := []struct {
+		name      string
+		pod       *corev1.Pod
+		namespace string
+		check     func(t *testing.T, got *corev1.Pod)
+	}{
+		{
+			name:      "named pod",
+			pod:       podgen.Pod("leaky", podgen.Namespace("team-a")),
+			namespace: "team-a",
+		},
+		{
+			name:      "generateName pod without namespace in the object",
+			pod:       podgen.Pod("", podgen.GenerateName("leaky-5f7c9-")),
+			namespace: "team-a",
+			check: func(t *testing.T, got *corev1.Pod) {
+				if got.Name != "" || got.GenerateName != "leaky-5f7c9-" {
+					t.Errorf("name = %q, generateName = %q: must stay for the API server to fill in", got.Name, got.GenerateName)
+				}
+			},
+		},
+		{
+			name:      "pod with init container and two app containers",
+			pod:       podgen.Pod("leaky", podgen.InitContainer("migrate"), podgen.Containers("worker")),
+			namespace: "team-a",
+			check: func(t *testing.T, got *corev1.Pod) {
+				if names := []string{got.Spec.InitContainers[0].Name, got.Spec.InitContainers[1].Name}; !slices.Equal(names, []string{"migrate", inject.SidecarName}) {
+					t.Errorf("init containers = %v", names)
+				}
+				if v := got.Spec.Containers[1].Env[len(got.Spec.Containers[1].Env)-1]; v.Name != settings.ContainerNameEnv || v.Value != "worker" {
+					t.Errorf("worker's last env = %+v", v)
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			raw := podJSON(t, tt.pod)
+			resp := testHandler().Handle(context.Background(), request(raw, tt.namespace))
+			if !resp.Allowed {
+				t.Fatalf("not allowed: %+v", resp.Result)
+			}
+			got := decodePod(t, applyPatch(t, raw, resp))
+			sc := findContainer(got.Spec.InitContainers, inject.SidecarName)
+			if sc == nil {
+				t.Fatal("no sidecar after patching")
+			}
+			if sc.EnvFrom[0].SecretRef.Name != "heapwatch-s3" || !*sc.EnvFrom[0].SecretRef.Optional {
+				t.Errorf("credentials envFrom = %+v", sc.EnvFrom)
+			}
+			if !*got.Spec.ShareProcessNamespace || got.Annotations[inject.StatusAnnotation] != inject.StatusInjected {
+				t.Error("shareProcessNamespace or status annotation missing")
+			}
+			if app := findContainer(got.Spec.Containers, "app"); app == nil || app.Env[0].Name != "LOG_LEVEL" {
+				t.Error("the app container's own env was not kept")
+			}
+			if tt.check != nil {
+				tt.check(t, got)
+			}
+			// A second admission of the result changes nothing.
+			again := testHandler().Handle(context.Background(), request(applyPatch(t, raw, resp), tt.namespace))
+			if !again.Allowed || len(again.Patches) != 0 || len(again.Warnings) != 0 {
+				t.Errorf("second admission: allowed=%v patches=%v warnings=%q", again.Allowed, again.Patches, again.Warnings)
+			}
+		})
+	}
+}
+
+func TestHandleKeepsUnknownFields(t *testing.T) {
+	// A field from a newer API server than this build knows must survive
+	// the typed round trip.
+	raw := []byte(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"futureField":{"x":1},
+		"containers":[{"name":"app","image":"app:1","futureContainerField":true}]}}`)
+	resp := testHandler().Handle(context.Background(), request(raw, "team-a"))
+	var got map[string]any
+	if err := json.Unmarshal(applyPatch(t, raw, resp), &got); err != nil {
+		t.Fatal(err)
+	}
+	spec := got["spec"].(map[string]any)
+	if spec["futureField"] == nil {
+		t.Error("spec.futureField was removed")
+	}
+	if spec["containers"].([]any)[0].(map[string]any)["futureContainerField"] != true {
+		t.Error("containers[0].futureContainerField was removed")
+	}
+	if spec["shareProcessNamespace"] != true {
+		t.Error("not injected")
+	}
+}
+
+func TestHandleSkipsWithoutPatch(t *testing.T) {
+	tests := []struct {
+		name    string
+		pod     *corev1.Pod
+		reason  inject.Reason
+		warning string
+	}{
+		{"opt-out annotation", podgen.Pod("p", podgen.Annotations(inject.InjectAnnotation, "false")), inject.ReasonOptOut, "opted out"},
+		{"hostPID", podgen.Pod("p", podgen.HostPID()), inject.ReasonHostPID, "hostPID"},
+		{"windows", podgen.Pod("p", podgen.OS(corev1.Windows)), inject.ReasonWindows, "Windows"},
+		{"already injected", podgen.Pod("p", podgen.Annotations(inject.StatusAnnotation, inject.StatusInjected)), inject.ReasonAlreadyInjected, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			counter := admissions.WithLabelValues(outcomeSkipped, string(tt.reason))
+			before := testutil.ToFloat64(counter)
+			resp := testHandler().Handle(context.Background(), request(podJSON(t, tt.pod), "team-a"))
+			if !resp.Allowed || len(resp.Patches) != 0 || resp.PatchType != nil {
+				t.Fatalf("allowed=%v patches=%v, want allowed without patch", resp.Allowed, resp.Patches)
+			}
+			if tt.warning == "" && len(resp.Warnings) != 0 || tt.warning != "" && (len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], tt.warning)) {
+				t.Errorf("warnings = %q, want one containing %q", resp.Warnings, tt.warning)
+			}
+			if got := testutil.ToFloat64(counter) - before; got != 1 {
+				t.Errorf("metric skipped/%s rose by %v, want 1", tt.reason, got)
+			}
+		})
+	}
+}
+
+func TestHandleBadRequests(t *testing.T) {
+	pod := podJSON(t, podgen.Pod("p"))
+	tests := []struct {
+		name    string
+		req     admission.Request
+		allowed bool
+		code    int32
+		reason  string
+		message string
+	}{
+		{"deployment", func() admission.Request {
+			r := request(pod, "team-a")
+			r.Kind = metav1.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"}
+			return r
+		}(), false, http.StatusBadRequest, reasonWrongKind, "got kind apps/v1/Deployment"},
+		{"pod subresource", func() admission.Request {
+			r := request(pod, "team-a")
+			r.SubResource = "ephemeralcontainers"
+			return r
+		}(), false, http.StatusBadRequest, reasonWrongKind, `subresource "ephemeralcontainers"`},
+		{"update", func() admission.Request {
+			r := request(pod, "team-a")
+			r.Operation = admissionv1.Update
+			return r
+		}(), true, 0, reasonNotCreate, ""},
+		{"object is not a pod", request([]byte(`{"apiVersion":"v1","kind":"Pod","spec":{"containers":"app"}}`), "team-a"), false, http.StatusBadRequest, reasonDecode, "decoding the pod"},
+		{"truncated object", request(pod[:len(pod)/2], "team-a"), false, http.StatusBadRequest, reasonDecode, "decoding the pod"},
+		{"no object", request(nil, "team-a"), false, http.StatusBadRequest, reasonDecode, "decoding the pod"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			outcome := outcomeError
+			if tt.allowed {
+				outcome = outcomeSkipped
+			}
+			counter := admissions.WithLabelValues(outcome, tt.reason)
+			before := testutil.ToFloat64(counter)
+			resp := testHandler().Handle(context.Background(), tt.req)
+			if resp.Allowed != tt.allowed || len(resp.Patches) != 0 {
+				t.Fatalf("allowed=%v patches=%d, want allowed=%v without patch", resp.Allowed, len(resp.Patches), tt.allowed)
+			}
+			if !tt.allowed && (resp.Result == nil || resp.Result.Code != tt.code || !strings.Contains(resp.Result.Message, tt.message)) {
+				t.Errorf("result = %+v, want code %d with %q", resp.Result, tt.code, tt.message)
+			}
+			if got := testutil.ToFloat64(counter) - before; got != 1 {
+				t.Errorf("metric %s/%s rose by %v, want 1", outcome, tt.reason, got)
+			}
+		})
+	}
+}
+
+func TestHandleHugePod(t *testing.T) {
+	// 3 MiB of annotations: the API server checks annotation size only
+	// after mutating admission, so the webhook sees such pods.
+	p := podgen.Pod("p", podgen.Annotations("blob", strings.Repeat("x", 3<<20), "heapwatch.io/interval", strings.Repeat("1", 1<<20)))
+	raw := podJSON(t, p)
+	resp := testHandler().Handle(context.Background(), request(raw, "team-a"))
+	if !resp.Allowed || len(resp.Warnings) != 1 || len(resp.Warnings[0]) > 256 {
+		t.Fatalf("allowed=%v warnings=%d (first %d bytes), want allowed with one short warning", resp.Allowed, len(resp.Warnings), len(resp.Warnings[0]))
+	}
+	got := decodePod(t, applyPatch(t, raw, resp))
+	if len(got.Annotations["blob"]) != 3<<20 || findContainer(got.Spec.InitContainers, inject.SidecarName) == nil {
+		t.Error("huge pod not injected intact")
+	}
+}
+
+func TestWithoutRemovalsClearsPatchType(t *testing.T) {
+	resp := admission.PatchResponseFromRaw([]byte(`{"a":1,"b":2}`), []byte(`{"a":1}`))
+	got := withoutRemovals(resp)
+	if len(got.Patches) != 0 || got.PatchType != nil {
+		t.Errorf("patches=%v patchType=%v, want none", got.Patches, ptr.Deref(got.PatchType, ""))
+	}
+}
