@@ -50,7 +50,7 @@ const sidecarImage = "ghcr.io/heapwatch/heapwatch-sidecar:test"
 var (
 	restConfig *rest.Config
 	// main is the webhook every test but the stopped-webhook one talks to,
-	// registered as the "heapwatch" configuration from deploy/.
+	// registered with the configuration rendered from deploy/.
 	main *server
 	ca   *certs.CA
 )
@@ -92,7 +92,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer main.stop()
-	if err := register(context.Background(), "heapwatch", main, nil); err != nil {
+	if err := register(context.Background(), "heapwatch-under-test", main, nil); err != nil {
 		fmt.Fprintln(os.Stderr, "registering the webhook:", err)
 		return 1
 	}
