@@ -1,0 +1,224 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/heapwatch/heapwatch/sidecar/capture"
+)
+
+const lsHelp = `Usage: heapwatch ls [--namespace N] [--pod P] [--container C] [--since 2h] [--limit N] [-q]
+
+Lists captures, newest first: time, capture ID, trigger, memory usage against the
+limit, whether it is the final capture before an OOM kill, and stored size.
+--namespace, --pod and --container narrow the listing to that part of the storage.
+`
+
+// defaultLimit keeps a listing of a busy bucket to what fits on a screen; each
+// row costs one metadata download.
+const defaultLimit = 50
+
+// captureJSON is one capture in `ls --output json`: what the listing knows
+// plus the stored metadata as is.
+type captureJSON struct {
+	ID            string            `json:"id"`
+	Namespace     string            `json:"namespace"`
+	Pod           string            `json:"pod"`
+	Container     string            `json:"container"`
+	Time          time.Time         `json:"time"`
+	Trigger       string            `json:"trigger"`
+	UsagePercent  float64           `json:"usagePercent,omitempty"`
+	SizeBytes     int64             `json:"sizeBytes"`
+	Profiles      []string          `json:"profiles"`
+	MetadataKey   string            `json:"metadataKey"`
+	MetadataError string            `json:"metadataError,omitempty"`
+	Metadata      *capture.Metadata `json:"metadata,omitempty"`
+	Objects       []objectJSON      `json:"objects"`
+}
+
+type objectJSON struct {
+	Key  string `json:"key"`
+	Size int64  `json:"bytes"`
+}
+
+func (a *app) ls(ctx context.Context, args []string) error {
+	fs := a.flagSet("ls", lsHelp)
+	var f filter
+	fs.StringVar(&f.namespace, "namespace", "", "only this namespace")
+	fs.StringVar(&f.namespace, "n", "", "short for --namespace")
+	fs.StringVar(&f.pod, "pod", "", "only this pod")
+	fs.StringVar(&f.container, "container", "", "only this container")
+	fs.StringVar(&f.container, "c", "", "short for --container")
+	since := fs.String("since", "", "only captures newer than this (e.g. 30m, 2h, 7d)")
+	limit := fs.Int("limit", defaultLimit, "show at most this many captures, newest first; 0 for all")
+	quiet := fs.Bool("q", false, "print capture IDs only (for scripts and shell completion)")
+	if _, err := a.parse(fs, args, 0, 0); err != nil {
+		return err
+	}
+	if *since != "" {
+		d, err := parseSince(*since)
+		if err != nil {
+			return fmt.Errorf("%w: --since: %v", errUsage, err)
+		}
+		f.since = a.now().Add(-d)
+	}
+	if *limit < 0 {
+		return fmt.Errorf("%w: --limit %d: use 0 for all or a positive number", errUsage, *limit)
+	}
+	st, err := a.openStore(ctx)
+	if err != nil {
+		return err
+	}
+	entries, err := scan(ctx, st, capture.Prefix(f.namespace, f.pod, f.container), f.match)
+	if err != nil {
+		return err
+	}
+	total := len(entries)
+	if *limit > 0 && total > *limit {
+		entries = entries[:*limit]
+	}
+	if len(entries) == 0 {
+		if a.jsonOutput() {
+			fmt.Fprintln(a.stdout, "[]")
+		}
+		fmt.Fprintf(a.stderr, "no captures in %s%s\n", st, describeFilter(f, *since))
+		return nil
+	}
+	if *quiet {
+		for _, e := range entries {
+			fmt.Fprintln(a.stdout, e.id)
+		}
+		return nil
+	}
+	if err := loadMetadata(ctx, st, entries); err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.metaErr != nil {
+			fmt.Fprintf(a.stderr, "warning: %s: unreadable metadata: %v\n", e.metadataKey(), e.metaErr)
+		}
+	}
+	if a.jsonOutput() {
+		out := make([]captureJSON, 0, len(entries))
+		for _, e := range entries {
+			out = append(out, toJSON(e))
+		}
+		if err := writeJSON(a.stdout, out); err != nil {
+			return err
+		}
+	} else {
+		a.table(entries)
+	}
+	if len(entries) < total {
+		fmt.Fprintf(a.stderr, "showing the newest %d of %d captures; --limit 0 shows all\n", len(entries), total)
+	}
+	return nil
+}
+
+func (a *app) table(entries []*entry) {
+	tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME (UTC)\tCAPTURE\tTRIGGER\tUSAGE / LIMIT\tOOM\tSIZE")
+	for _, e := range entries {
+		usage, oom := "?", ""
+		if m := e.meta; m != nil {
+			usage = usageString(m.Memory)
+			if m.Final {
+				oom = "FINAL"
+				if m.OOMKilledAt != nil {
+					oom += " (killed " + m.OOMKilledAt.UTC().Format("15:04:05") + ")"
+				}
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.name.Time.UTC().Format("2006-01-02 15:04:05.000"),
+			e.id, e.name.Trigger, usage, oom, bytesString(e.size()))
+	}
+	tw.Flush()
+}
+
+func usageString(m capture.Memory) string {
+	if m.LimitBytes == 0 {
+		return bytesString(int64(m.UsageBytes)) + " / no limit"
+	}
+	return fmt.Sprintf("%s / %s (%.0f%%)", bytesString(int64(m.UsageBytes)), bytesString(int64(m.LimitBytes)),
+		percent(m.UsageBytes, m.LimitBytes))
+}
+
+func percent(part, whole uint64) float64 {
+	if whole == 0 {
+		return 0
+	}
+	return 100 * float64(part) / float64(whole)
+}
+
+func toJSON(e *entry) captureJSON {
+	c := captureJSON{
+		ID: e.id, Namespace: e.name.Namespace, Pod: e.name.Pod, Container: e.name.Container,
+		Time: e.name.Time.UTC(), Trigger: e.name.Trigger, SizeBytes: e.size(),
+		Profiles: e.profiles(), MetadataKey: e.metadataKey(), Metadata: e.meta,
+	}
+	for _, o := range e.objects {
+		c.Objects = append(c.Objects, objectJSON{Key: o.Key, Size: o.Size})
+	}
+	if m := e.meta; m != nil {
+		c.UsagePercent = percent(m.Memory.UsageBytes, m.Memory.LimitBytes)
+	}
+	if e.metaErr != nil {
+		c.MetadataError = e.metaErr.Error()
+	}
+	return c
+}
+
+func describeFilter(f filter, since string) string {
+	var parts []string
+	for _, p := range []struct{ name, v string }{{"namespace", f.namespace}, {"pod", f.pod}, {"container", f.container}, {"since", since}} {
+		if p.v != "" {
+			parts = append(parts, p.name+"="+p.v)
+		}
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " matching " + strings.Join(parts, " ")
+}
+
+// parseSince reads a Go duration, also in days ("7d").
+func parseSince(s string) (time.Duration, error) {
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.ParseFloat(days, 64)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("%q is not a duration like 30m, 2h or 7d", s)
+		}
+		return time.Duration(n * float64(24*time.Hour)), nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("%q is not a duration like 30m, 2h or 7d", s)
+	}
+	return d, nil
+}
+
+// bytesString renders a size in binary units: 512 B, 1.5 KiB, 98.0 MiB.
+func bytesString(n int64) string {
+	const unit = 1024
+	if n < unit && n > -unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	v, exp := float64(n), 0
+	for v >= unit*unit || v <= -unit*unit {
+		v /= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", v/unit, "KMGTPE"[exp])
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
