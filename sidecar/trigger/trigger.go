@@ -251,9 +251,9 @@ func (t *Trigger) Observe(now time.Time, usage, limit uint64) Decision {
 		return t.ship(now, pct, d)
 	}
 	if limit > 0 && pct >= t.o.GrowthFloor && pct >= t.growthHW+t.o.GrowthStep {
-		from := math.Max(t.growthHW, 0)
 		level := t.level(pct)
-		d = Decision{Kind: KindGrowth, Hold: true, Reason: fmt.Sprintf("usage %.1f%% of %s, high-water mark up from %g%% to %g%%", pct, fmtBytes(float64(limit)), from, level)}
+		d = Decision{Kind: KindGrowth, Hold: true, Reason: fmt.Sprintf("usage %.1f%% of %s, high-water mark reached %g%% (growth above %g%% in steps of %g)",
+			pct, fmtBytes(float64(limit)), level, t.o.GrowthFloor, t.o.GrowthStep)}
 		return t.hold(now, level, d)
 	}
 	return Decision{}

@@ -1,0 +1,176 @@
+// Package cgrouptest runs a real allocating process in its own cgroup v1
+// memory group inside an emulated pod (sidecar/podsim), for tests of the
+// cgroup and watch packages against the real kernel.
+//
+// The test binary itself is the allocating process: its TestMain calls
+// RunIfChild, which takes over when the allocation spec is in the
+// environment.
+package cgrouptest
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/heapwatch/heapwatch/sidecar/podsim"
+)
+
+const allocEnv = "HEAPWATCH_CGROUPTEST_ALLOC"
+
+// Alloc describes what the child allocates once started: StepMiB every
+// Every up to TotalMiB. With Cycle it then frees everything, waits Every×4
+// and starts again, forever. Before each step it prints the wall-clock
+// time in nanoseconds on stdout.
+type Alloc struct {
+	StepMiB  int
+	Every    time.Duration
+	TotalMiB int
+	Cycle    bool
+}
+
+func (a Alloc) String() string {
+	return fmt.Sprintf("%d,%v,%d,%v", a.StepMiB, a.Every, a.TotalMiB, a.Cycle)
+}
+
+func parseAlloc(s string) (Alloc, string, error) {
+	f := strings.Split(s, ",")
+	if len(f) != 5 {
+		return Alloc{}, "", fmt.Errorf("alloc spec %q: want 5 fields", s)
+	}
+	var a Alloc
+	var errs [4]error
+	a.StepMiB, errs[0] = strconv.Atoi(f[0])
+	a.Every, errs[1] = time.ParseDuration(f[1])
+	a.TotalMiB, errs[2] = strconv.Atoi(f[2])
+	a.Cycle, errs[3] = strconv.ParseBool(f[3])
+	return a, f[4], errors.Join(errs[:]...)
+}
+
+var hold [][]byte
+
+// RunIfChild runs the allocator and exits when this process was started
+// as one; otherwise it returns at once.
+func RunIfChild() {
+	spec := os.Getenv(allocEnv)
+	if spec == "" {
+		return
+	}
+	a, goFile, err := parseAlloc(spec)
+	if err != nil || a.StepMiB <= 0 {
+		fmt.Fprintln(os.Stderr, "cgrouptest:", spec, err)
+		os.Exit(2)
+	}
+	for {
+		if _, err := os.Stat(goFile); err == nil {
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	out := bufio.NewWriter(os.Stdout)
+	for {
+		for done := 0; done < a.TotalMiB; done += a.StepMiB {
+			fmt.Fprintln(out, time.Now().UnixNano())
+			out.Flush()
+			b := make([]byte, a.StepMiB<<20)
+			for i := 0; i < len(b); i += 4096 {
+				b[i] = 1 // touch every page so it is charged now
+			}
+			hold = append(hold, b)
+			time.Sleep(a.Every)
+		}
+		if !a.Cycle {
+			select {}
+		}
+		hold = nil
+		debug.FreeOSMemory() // returns the pages: cgroup usage falls
+		time.Sleep(4 * a.Every)
+	}
+}
+
+// App is an allocating process in its own container of an emulated pod.
+type App struct {
+	Pod       *podsim.Pod
+	Container *podsim.Container
+	// PID is the host PID of the allocating process.
+	PID int
+	// Marks receives the time printed before each allocation step.
+	Marks  <-chan time.Time
+	goFile string
+}
+
+// Start starts a pod with one container, name, running the test binary as
+// an allocator under limit bytes. It waits until the process has exec'd
+// (its cgroup view is complete) and registers cleanup of everything.
+func Start(t testing.TB, name string, limit int64, readOnly bool, a Alloc) *App {
+	t.Helper()
+	if err := podsim.Supported(); err != nil {
+		t.Skipf("needs root and a writable cgroup v1 memory hierarchy: %v", err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	goFile := filepath.Join(t.TempDir(), "go")
+	pr, pw := io.Pipe()
+	marks := make(chan time.Time, 1024)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			if ns, err := strconv.ParseInt(sc.Text(), 10, 64); err == nil {
+				select {
+				case marks <- time.Unix(0, ns):
+				default:
+				}
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p, err := podsim.Start(ctx, podsim.Spec{Name: name, Containers: []podsim.ContainerSpec{{
+		Name: name, Argv: []string{exe, "-test.run=^$"}, MemoryLimit: limit, ReadOnlyCgroup: readOnly,
+		Env:    []string{allocEnv + "=" + a.String() + "," + goFile},
+		Stdout: pw, Stderr: os.Stderr,
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Error(err)
+		}
+		pw.Close()
+	})
+	c := p.Container(name)
+	pid, err := c.PID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if target, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe"); target == exe {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("container process %d did not exec %s", pid, exe)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return &App{Pod: p, Container: c, PID: pid, Marks: marks, goFile: goFile}
+}
+
+// Go starts the allocation.
+func (a *App) Go(t testing.TB) {
+	t.Helper()
+	if err := os.WriteFile(a.goFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,202 @@
+package watch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/heapwatch/heapwatch/sidecar/cgroup"
+	"github.com/heapwatch/heapwatch/sidecar/procfs"
+	"github.com/heapwatch/heapwatch/sidecar/trigger"
+)
+
+// procEntry caches a PID that is never watched (the sidecar itself, the
+// pause process, kernel threads): these do not change while they live.
+type procEntry struct{ excluded bool }
+
+// scan re-reads the process list, groups processes by memory cgroup and
+// starts or updates container loops. The cgroup of every candidate process
+// is re-read each scan: a process may start in one cgroup and be moved
+// into its container's just before exec.
+func (w *Watcher) scan(ctx context.Context, wg *sync.WaitGroup) {
+	pids, err := w.fs.PIDs()
+	if err != nil {
+		w.log.Warn("list processes", "err", err)
+		return
+	}
+	self, selfKey := w.self()
+	groups := map[string][]int{}
+	paths := map[string]string{}
+	live := make(map[int]bool, len(pids))
+	for _, pid := range pids {
+		live[pid] = true
+		if e, ok := w.procs[pid]; ok && e.excluded {
+			continue
+		}
+		p := w.fs.Proc(pid)
+		if _, seen := w.procs[pid]; !seen {
+			excluded, err := w.excluded(p, self)
+			if err != nil {
+				continue // gone, or not readable yet: next scan
+			}
+			w.procs[pid] = procEntry{excluded: excluded}
+			if excluded {
+				continue
+			}
+		}
+		cgs, err := p.Cgroups()
+		if err != nil {
+			continue
+		}
+		path, v, ok := procfs.MemoryCgroup(cgs)
+		if !ok {
+			continue
+		}
+		key := fmt.Sprintf("v%d:%s", v, path)
+		if key == selfKey {
+			continue
+		}
+		groups[key] = append(groups[key], pid)
+		paths[key] = path
+	}
+	for pid := range w.procs {
+		if !live[pid] {
+			delete(w.procs, pid)
+		}
+	}
+	for key := range w.ignored {
+		if _, ok := groups[key]; !ok {
+			delete(w.ignored, key)
+		}
+	}
+	for key, members := range groups {
+		if w.ignored[key] {
+			continue
+		}
+		w.mu.Lock()
+		c := w.containers[key]
+		w.mu.Unlock()
+		if c != nil {
+			c.setPIDs(members)
+			continue
+		}
+		w.start(ctx, wg, key, paths[key], members)
+	}
+}
+
+// self returns the sidecar's PID in this tree and its memory cgroup key.
+// Both are empty when the tree is another PID namespace's.
+func (w *Watcher) self() (int, string) {
+	pid, err := w.fs.Self()
+	if err != nil {
+		return 0, ""
+	}
+	cgs, err := w.fs.Proc(pid).Cgroups()
+	if err != nil {
+		return pid, ""
+	}
+	path, v, ok := procfs.MemoryCgroup(cgs)
+	if !ok {
+		return pid, ""
+	}
+	return pid, fmt.Sprintf("v%d:%s", v, path)
+}
+
+// excluded reports the processes never watched: the sidecar, kernel
+// threads and zombies (no command line), and the pause process.
+func (w *Watcher) excluded(p procfs.Proc, self int) (bool, error) {
+	if p.PID == self {
+		return true, nil
+	}
+	args, err := p.Cmdline()
+	if err != nil {
+		return false, err
+	}
+	if len(args) == 0 {
+		return true, nil
+	}
+	return p.IsPause()
+}
+
+// name is HEAPWATCH_CONTAINER_NAME of the first member that has it, else
+// the container ID from the cgroup path.
+func (w *Watcher) name(members []int, path string) string {
+	for _, pid := range members {
+		if v, ok, err := w.fs.Proc(pid).Getenv(ContainerNameEnv); err == nil && ok && v != "" {
+			return v
+		}
+	}
+	return procfs.ContainerID(path)
+}
+
+// start opens a new container's cgroup and starts its loop. Containers
+// filtered out by name, or without a limit and an absolute threshold, are
+// ignored until their cgroup disappears from the process list.
+func (w *Watcher) start(ctx context.Context, wg *sync.WaitGroup, key, path string, members []int) {
+	name := w.name(members, path)
+	if !w.wanted(name) {
+		w.ignored[key] = true
+		w.log.Debug("container not in the watch list", "container", name)
+		return
+	}
+	var dir string
+	var version cgroup.Version
+	var err error
+	for _, pid := range members {
+		if dir, version, err = cgroup.Locate(w.fs.Proc(pid)); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		w.log.Debug("memory cgroup not readable yet", "container", name, "err", err)
+		return
+	}
+	mem, err := cgroup.Open(dir)
+	if err != nil {
+		w.log.Debug("open memory cgroup", "container", name, "err", err)
+		return
+	}
+	s, err := mem.Sample()
+	if err != nil {
+		mem.Close()
+		w.log.Warn("read memory cgroup", "container", name, "cgroup", dir, "err", err)
+		return
+	}
+	if !w.o.Trigger.Watches(s.Limit) {
+		mem.Close()
+		w.ignored[key] = true
+		w.log.Info("container has no memory limit and no absolute threshold is set: not watched", "container", name)
+		return
+	}
+	n, err := mem.Notify()
+	if err != nil {
+		mem.Close()
+		w.log.Warn("memory notifications", "container", name, "err", err)
+		return
+	}
+	c := &watched{w: w, mem: mem, notifier: n, trig: trigger.New(w.o.Trigger), key: key,
+		c:    Container{Name: name, CgroupPath: dir, PIDs: members, Version: version, Notify: n.Mode()},
+		last: s, oomKills: s.OOMKills, pidsChanged: make(chan struct{}, 1)}
+	if n.Mode() == cgroup.ModePoll {
+		w.logPollOnce(c.c, n.Reason())
+	}
+	w.log.Info("watching container", "container", name, "pids", members, "cgroup", dir,
+		"cgroupVersion", int(version), "notify", string(n.Mode()), "limit", s.Limit, "usage", s.Usage)
+	w.mu.Lock()
+	w.containers[key] = c
+	w.mu.Unlock()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		err := c.run(ctx)
+		w.mu.Lock()
+		delete(w.containers, key)
+		w.mu.Unlock()
+		c.close()
+		if err != nil && !errors.Is(err, context.Canceled) {
+			w.log.Info("stopped watching container", "container", name, "why", err)
+		}
+		w.requestRescan()
+	}()
+}

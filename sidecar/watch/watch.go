@@ -1,0 +1,193 @@
+// Package watch is the sidecar's observing loop: it finds the other
+// containers of the pod in the shared PID namespace, follows each one's
+// memory cgroup (kernel notifications plus adaptive sampling), feeds the
+// trigger and tells a Handler when to capture and when a container was
+// OOM-killed.
+package watch
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/heapwatch/heapwatch/sidecar/cgroup"
+	"github.com/heapwatch/heapwatch/sidecar/procfs"
+	"github.com/heapwatch/heapwatch/sidecar/trigger"
+)
+
+// ContainerNameEnv is the variable the webhook injects into every watched
+// container so the sidecar can name it.
+const ContainerNameEnv = "HEAPWATCH_CONTAINER_NAME"
+
+// Container is one watched container: the processes sharing a memory
+// cgroup.
+type Container struct {
+	// Name is HEAPWATCH_CONTAINER_NAME of its processes, else the short
+	// container ID from the cgroup path.
+	Name string
+	// CgroupPath is the directory being read, through a process's view
+	// (/proc/<pid>/root/sys/fs/cgroup/...).
+	CgroupPath string
+	// PIDs are the container's processes, ascending.
+	PIDs    []int
+	Version cgroup.Version
+	// Notify is how crossings are noticed: eventfd, inotify or poll.
+	Notify cgroup.Mode
+}
+
+// Sample is one reading of a container's memory cgroup.
+type Sample = cgroup.Sample
+
+// Event asks for a capture.
+type Event struct {
+	Container Container
+	Sample    Sample
+	// Kind and Reason come from the trigger ("threshold-75", "predictive",
+	// "growth", "absolute").
+	Kind, Reason string
+	// Hold: keep the capture locally; ship it only if an OOM kill follows.
+	Hold bool
+	// Suppressed is set when a shipped trigger was demoted to a held
+	// capture by cooldown or the hourly cap.
+	Suppressed string
+	// DetectedAt is when the crossing was seen: the kernel notification,
+	// or the sample that showed it.
+	DetectedAt time.Time
+	// Stat is the container's memory.stat at capture time.
+	Stat map[string]uint64
+}
+
+// Handler receives the watcher's decisions. Methods are called from the
+// container's loop and must return quickly (queue the work).
+type Handler interface {
+	// Capture: a trigger fired.
+	Capture(ev Event)
+	// OOMKilled: the container was OOM-killed; at is when the kill was
+	// seen and last the last sample before it.
+	OOMKilled(c Container, at time.Time, last Sample)
+	// Suppressed: a trigger wanted to fire but cooldown or a cap stopped it.
+	Suppressed(c Container, kind, why string)
+}
+
+// Options configure a Watcher.
+type Options struct {
+	Trigger trigger.Options
+	// Containers limits watching to these names; empty watches all.
+	Containers []string
+	// Rescan is how often the process list is re-read (default 1 s); it
+	// is also re-read at once when a container's processes vanish.
+	Rescan time.Duration
+	// OnSample, if set, is called with every sample (for metrics); it
+	// must be cheap.
+	OnSample func(c Container, s Sample)
+}
+
+// Status is a container's latest state, for metrics and debugging.
+type Status struct {
+	Container Container
+	Last      Sample
+}
+
+// Watcher discovers and watches containers.
+type Watcher struct {
+	o   Options
+	fs  procfs.FS
+	h   Handler
+	log *slog.Logger
+
+	rescan chan struct{}
+
+	mu         sync.Mutex
+	containers map[string]*watched // by cgroup key
+	pollLogged bool
+
+	// Owned by the Run goroutine.
+	procs   map[int]procEntry
+	ignored map[string]bool // cgroup keys not watched (filtered, no limit)
+}
+
+// New returns a Watcher reading processes from fs.
+func New(o Options, fs procfs.FS, h Handler, log *slog.Logger) *Watcher {
+	if o.Rescan <= 0 {
+		o.Rescan = time.Second
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Watcher{o: o, fs: fs, h: h, log: log, rescan: make(chan struct{}, 1),
+		containers: map[string]*watched{}, procs: map[int]procEntry{}, ignored: map[string]bool{}}
+}
+
+// Run watches until ctx is done. It fails only if the process list cannot
+// be read at all at start.
+func (w *Watcher) Run(ctx context.Context) error {
+	if _, err := w.fs.PIDs(); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	t := time.NewTicker(w.o.Rescan)
+	defer t.Stop()
+	for ctx.Err() == nil {
+		w.scan(ctx, &wg)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		case <-w.rescan:
+		}
+	}
+	return nil
+}
+
+// Snapshot returns the latest state of every watched container.
+func (w *Watcher) Snapshot() []Status {
+	w.mu.Lock()
+	list := make([]*watched, 0, len(w.containers))
+	for _, c := range w.containers {
+		list = append(list, c)
+	}
+	w.mu.Unlock()
+	out := make([]Status, 0, len(list))
+	for _, c := range list {
+		out = append(out, c.status())
+	}
+	slices.SortFunc(out, func(a, b Status) int {
+		if a.Container.Name < b.Container.Name {
+			return -1
+		}
+		if a.Container.Name > b.Container.Name {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+func (w *Watcher) requestRescan() {
+	select {
+	case w.rescan <- struct{}{}:
+	default:
+	}
+}
+
+// wanted applies the name filter.
+func (w *Watcher) wanted(name string) bool {
+	return len(w.o.Containers) == 0 || slices.Contains(w.o.Containers, name)
+}
+
+// logPollOnce logs the fallback to polling once per sidecar, at info; the
+// mode of each container is in its Container and at debug level.
+func (w *Watcher) logPollOnce(c Container, reason error) {
+	w.mu.Lock()
+	first := !w.pollLogged
+	w.pollLogged = true
+	w.mu.Unlock()
+	if first {
+		w.log.Info("kernel memory notifications unavailable, sampling only", "container", c.Name, "cgroup", c.CgroupPath, "reason", reason)
+		return
+	}
+	w.log.Debug("kernel memory notifications unavailable", "container", c.Name, "reason", reason)
+}
