@@ -489,7 +489,8 @@ func TestOpenServesTheWebUI(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// pprof announces its address on stderr.
-	errOut := &lineWriter{want: "Serving web UI on ", hit: make(chan string, 1)}
+	served := make(chan string, 1)
+	errOut := &lineWriter{want: "Serving web UI on ", hit: served}
 	var out bytes.Buffer
 	done := make(chan int)
 	go func() {
@@ -497,7 +498,7 @@ func TestOpenServesTheWebUI(t *testing.T) {
 	}()
 	var ui string
 	select {
-	case ui = <-errOut.hit:
+	case ui = <-served:
 	case code := <-done:
 		t.Fatalf("open exited %d before serving: %s", code, errOut.String())
 	case <-time.After(2 * time.Minute):

@@ -167,15 +167,18 @@ func BenchmarkLs(b *testing.B) {
 		b.Run(bk.name, func(b *testing.B) {
 			url := bk.start(b)
 			putMany(b, url)
-			for _, args := range [][]string{
-				{"ls"},
-				{"ls", "-q", "--limit", "0"},
-				{"ls", "-q", "--limit", "0", "--namespace", "ns-1"},
-				{"ls", "--namespace", "ns-1", "--pod", "pod-3"},
+			for _, bc := range []struct {
+				name string
+				args []string
+			}{
+				{"table", []string{"ls"}},
+				{"all-ids", []string{"ls", "-q", "--limit", "0"}},
+				{"namespace-ids", []string{"ls", "-q", "--limit", "0", "--namespace", "ns-1"}},
+				{"pod-table", []string{"ls", "--namespace", "ns-1", "--pod", "pod-3"}},
 			} {
-				b.Run(strings.Join(args[1:], "_"), func(b *testing.B) {
+				b.Run(bc.name, func(b *testing.B) {
 					for b.Loop() {
-						heapwatch(b, append([]string{"--storage", url}, args...)...).mustSucceed(b)
+						heapwatch(b, append([]string{"--storage", url}, bc.args...)...).mustSucceed(b)
 					}
 				})
 			}
