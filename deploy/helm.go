@@ -74,13 +74,18 @@ func splitObjects(stream string) ([]*unstructured.Unstructured, error) {
 		if err != nil {
 			return nil, err
 		}
-		var m map[string]any
-		if err := yaml.Unmarshal(doc, &m); err != nil {
+		js, err := yaml.YAMLToJSON(doc)
+		if err != nil {
 			return nil, fmt.Errorf("invalid YAML: %w\n%s", err, bytes.TrimSpace(doc))
 		}
-		if len(m) == 0 {
+		if s := string(bytes.TrimSpace(js)); s == "null" || s == "{}" {
 			continue
 		}
-		objs = append(objs, &unstructured.Unstructured{Object: m})
+		obj := &unstructured.Unstructured{}
+		// UnmarshalJSON types numbers as int64 or float64, as the API does.
+		if err := obj.UnmarshalJSON(js); err != nil {
+			return nil, fmt.Errorf("not a Kubernetes object: %w\n%s", err, bytes.TrimSpace(doc))
+		}
+		objs = append(objs, obj)
 	}
 }
