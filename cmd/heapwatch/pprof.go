@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/heapwatch/heapwatch/sidecar/store"
 )
@@ -110,58 +111,25 @@ func profileArg(pos []string, i int) string {
 }
 
 func (a *app) top(ctx context.Context, args []string) error {
-	fs := a.flagSet("top", topHelp)
-	var o pprofOptions
-	o.register(fs, "top")
-	pos, err := a.parse(fs, args, 1, 2)
-	if err != nil {
-		return err
-	}
-	st, err := a.openStore(ctx)
-	if err != nil {
-		return err
-	}
-	profile := profileArg(pos, 1)
-	file, e, err := a.fetchProfile(ctx, st, pos[0], profile, o.dir)
-	if err != nil {
-		return err
-	}
-	goBin := a.goTool(o.native, file)
-	if goBin == "" {
-		return nativeTop(a.stdout, e.id, file, "", o.sampleIndexFor(profile), o.nodes)
-	}
-	return a.pprof(ctx, goBin, file, "", profile, o)
+	return a.pprofCommand(ctx, "top", topHelp, args, 1)
 }
 
 func (a *app) openUI(ctx context.Context, args []string) error {
-	fs := a.flagSet("open", openHelp)
-	var o pprofOptions
-	o.register(fs, "open")
-	pos, err := a.parse(fs, args, 1, 2)
-	if err != nil {
-		return err
-	}
-	st, err := a.openStore(ctx)
-	if err != nil {
-		return err
-	}
-	profile := profileArg(pos, 1)
-	file, _, err := a.fetchProfile(ctx, st, pos[0], profile, o.dir)
-	if err != nil {
-		return err
-	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		return fmt.Errorf("the pprof web UI needs Go ('go' is not on PATH); the profile is saved at %s", file)
-	}
-	return a.pprof(ctx, goBin, file, "", profile, o)
+	return a.pprofCommand(ctx, "open", openHelp, args, 1)
 }
 
 func (a *app) diff(ctx context.Context, args []string) error {
-	fs := a.flagSet("diff", diffHelp)
+	return a.pprofCommand(ctx, "diff", diffHelp, args, 2)
+}
+
+// pprofCommand runs top, open or diff: it downloads the profile of each of
+// the first n arguments (the optional next one names the profile) and shows
+// the last, against the first when there are two.
+func (a *app) pprofCommand(ctx context.Context, cmd, help string, args []string, n int) error {
+	fs := a.flagSet(cmd, help)
 	var o pprofOptions
-	o.register(fs, "diff")
-	pos, err := a.parse(fs, args, 2, 3)
+	o.register(fs, cmd)
+	pos, err := a.parse(fs, args, n, n+1)
 	if err != nil {
 		return err
 	}
@@ -169,41 +137,47 @@ func (a *app) diff(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	profile := profileArg(pos, 2)
-	older, oe, err := a.fetchProfile(ctx, st, pos[0], profile, o.dir)
-	if err != nil {
-		return err
+	profile := profileArg(pos, n)
+	var files, ids []string
+	var times []time.Time
+	for _, arg := range pos[:n] {
+		file, e, err := a.fetchProfile(ctx, st, arg, profile, o.dir)
+		if err != nil {
+			return err
+		}
+		files, ids, times = append(files, file), append(ids, e.id), append(times, e.name.Time)
 	}
-	newer, ne, err := a.fetchProfile(ctx, st, pos[1], profile, o.dir)
-	if err != nil {
-		return err
+	file, base := files[n-1], ""
+	if n == 2 {
+		base = files[0]
+		if times[0].After(times[1]) {
+			fmt.Fprintf(a.stderr, "note: %s was captured after %s; showing the change from the first to the second\n", ids[0], ids[1])
+		}
 	}
-	if oe.name.Time.After(ne.name.Time) {
-		fmt.Fprintf(a.stderr, "note: %s was captured after %s; showing the change from the first to the second\n", oe.id, ne.id)
-	}
+	saved := strings.Join(files, " and ")
 	if o.http != "" {
 		goBin, err := exec.LookPath("go")
 		if err != nil {
-			return fmt.Errorf("the pprof web UI needs Go ('go' is not on PATH); the profiles are saved at %s and %s", older, newer)
+			return fmt.Errorf("the pprof web UI needs Go ('go' is not on PATH); saved at %s", saved)
 		}
-		return a.pprof(ctx, goBin, newer, older, profile, o)
+		return a.pprof(ctx, goBin, file, base, profile, o)
 	}
-	goBin := a.goTool(o.native, newer)
+	goBin := a.goTool(o.native, saved)
 	if goBin == "" {
-		return nativeTop(a.stdout, oe.id+" -> "+ne.id, newer, older, o.sampleIndexFor(profile), o.nodes)
+		return nativeTop(a.stdout, strings.Join(ids, " -> "), file, base, o.sampleIndexFor(profile), o.nodes)
 	}
-	return a.pprof(ctx, goBin, newer, older, profile, o)
+	return a.pprof(ctx, goBin, file, base, profile, o)
 }
 
 // goTool returns the go command to run pprof with, or "" for the built-in
 // report (asked for, or no Go installed: then say so once).
-func (a *app) goTool(native bool, file string) string {
+func (a *app) goTool(native bool, saved string) string {
 	if native {
 		return ""
 	}
 	goBin, err := exec.LookPath("go")
 	if err != nil {
-		fmt.Fprintf(a.stderr, "note: 'go' is not on PATH, using the built-in report; install Go for full pprof (profile saved at %s)\n", file)
+		fmt.Fprintf(a.stderr, "note: 'go' is not on PATH, using the built-in report; install Go for full pprof (saved at %s)\n", saved)
 		return ""
 	}
 	return goBin

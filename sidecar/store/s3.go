@@ -92,6 +92,9 @@ func (s *s3Store) Put(ctx context.Context, key string, r io.Reader, size int64) 
 	if err := checkKey(key); err != nil {
 		return err
 	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
 	select {
 	case s.uploads <- struct{}{}:
 		defer func() { <-s.uploads }()

@@ -470,3 +470,16 @@ func TestS3Prefix(t *testing.T) {
 		t.Errorf("bucket holds %q, want %q", all, want)
 	}
 }
+
+func TestS3MissingBucket(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.Setenv(t)
+	s := mustOpen(t, strings.Replace(srv.URL(""), "s3://"+srv.Bucket, "s3://no-such-bucket", 1))
+	err := s.List(context.Background(), "", func(store.Object) error { return nil })
+	if err == nil || !strings.Contains(err.Error(), `bucket "no-such-bucket" does not exist at `+srv.Endpoint) {
+		t.Errorf("List on a missing bucket: %v", err)
+	}
+	if err := s.Put(context.Background(), "k", strings.NewReader("x"), 1); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("Put to a missing bucket: %v", err)
+	}
+}
