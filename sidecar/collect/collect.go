@@ -115,17 +115,37 @@ type worker struct {
 	name string
 	log  *slog.Logger
 
-	mu      sync.Mutex
-	pending *Request // coalesced captures waiting
-	kills   []kill   // OOM kills waiting, handled after the pending capture
-	wake    chan struct{}
+	mu       sync.Mutex
+	pending  *Request // coalesced captures waiting
+	kills    []kill   // OOM kills waiting, handled after the pending capture
+	discover []int    // PIDs to look for pprof endpoints in, ahead of a capture
+	seenPIDs []int
+	seenAt   time.Time
+	noPprof  bool // the last look found no pprof endpoint
+	wake     chan struct{}
 
 	// Owned by the worker goroutine:
-	last     *stored // newest capture since the last kill
-	held     *stored // newest held capture, not uploaded
+	procs    map[int]procEndpoint // pprof endpoint (or none) per process
+	last     *stored              // newest capture since the last kill
+	held     *stored              // newest held capture, not uploaded
 	lastTime time.Time
-	noPprof  bool // "no pprof endpoint" logged
+	logged   bool // "no pprof endpoint" logged since one was last found
 }
+
+// procEndpoint is what discovery found for one process: listing a
+// process's ports reads /proc/<pid>/net/tcp, which takes tens of
+// milliseconds in a busy network namespace, so it is done ahead of
+// captures and remembered.
+type procEndpoint struct {
+	start uint64 // the process's start time: a reused PID is another process
+	ep    pprof.Endpoint
+	ok    bool
+	at    time.Time
+}
+
+// Discovery timing: a process without a pprof endpoint is looked at again
+// after rediscoverAfter (it may open its port late).
+const rediscoverAfter = 5 * time.Second
 
 type kill struct{ at time.Time }
 
@@ -144,7 +164,8 @@ func (c *Collector) worker(name string) *worker {
 	}
 	w, ok := c.workers[name]
 	if !ok {
-		w = &worker{c: c, name: name, log: c.o.Log.With("container", name), wake: make(chan struct{}, 1)}
+		w = &worker{c: c, name: name, log: c.o.Log.With("container", name), wake: make(chan struct{}, 1),
+			procs: make(map[int]procEndpoint)}
 		c.workers[name] = w
 		c.wg.Add(1)
 		go w.run()
@@ -167,6 +188,28 @@ func (c *Collector) Enqueue(r Request) {
 	w.pending = &r
 	w.mu.Unlock()
 	w.poke()
+}
+
+// Seen tells the collector a container's current processes, on every
+// sample: when they change, or while none serves pprof, the worker looks
+// for their pprof endpoints before any capture needs them. It is cheap when
+// nothing changed.
+func (c *Collector) Seen(container string, pids []int) {
+	w := c.worker(container)
+	if w == nil {
+		return
+	}
+	now := time.Now()
+	w.mu.Lock()
+	due := !slices.Equal(w.seenPIDs, pids) || (w.noPprof && now.Sub(w.seenAt) > rediscoverAfter)
+	if due {
+		w.seenPIDs, w.seenAt = slices.Clone(pids), now
+		w.discover = w.seenPIDs
+	}
+	w.mu.Unlock()
+	if due {
+		w.poke()
+	}
 }
 
 // Killed queues the handling of an OOM kill seen at at.
@@ -232,10 +275,10 @@ func (w *worker) run() {
 func (w *worker) drain() {
 	for {
 		w.mu.Lock()
-		req, kills := w.pending, w.kills
-		w.pending, w.kills = nil, nil
+		req, kills, discover := w.pending, w.kills, w.discover
+		w.pending, w.kills, w.discover = nil, nil, nil
 		w.mu.Unlock()
-		if req == nil && len(kills) == 0 {
+		if req == nil && len(kills) == 0 && discover == nil {
 			return
 		}
 		if req != nil {
@@ -243,6 +286,9 @@ func (w *worker) drain() {
 		}
 		for _, k := range kills {
 			w.oomKilled(k.at)
+		}
+		if discover != nil {
+			w.found(discover, len(w.endpoints(discover)) > 0)
 		}
 	}
 }
@@ -258,53 +304,84 @@ func (w *worker) capture(r Request) {
 		}
 	}()
 	targets := w.endpoints(r.PIDs)
+	w.found(r.PIDs, len(targets) > 0)
 	if len(targets) == 0 {
 		w.c.o.Metrics.Capture(r.Container, r.Kind, metrics.OutcomeNoPprof)
-		if !w.noPprof {
-			w.noPprof = true
-			w.log.Warn("no pprof endpoint found in container; nothing captured",
-				"pids", r.PIDs, "path", w.c.o.Pprof.Path(), "ports", w.c.o.Ports)
-		}
 		return
 	}
-	w.noPprof = false
 	for _, ep := range targets {
 		if err := w.captureFrom(r, ep); err != nil {
 			w.c.o.Metrics.Capture(r.Container, r.Kind, metrics.OutcomeFailed)
 			w.log.Error("capture failed", "trigger", r.Kind, "pid", ep.PID, "addr", ep.Addr, "err", err)
 			w.c.o.Pprof.Forget(ep)
+			delete(w.procs, ep.PID)
 		}
 	}
 }
 
-// endpoints finds, per process, one listening port that serves pprof.
+// found records whether the container has a pprof endpoint, and logs once
+// when it has none.
+func (w *worker) found(pids []int, ok bool) {
+	w.mu.Lock()
+	w.noPprof = !ok
+	w.mu.Unlock()
+	if ok {
+		w.logged = false
+		return
+	}
+	if !w.logged {
+		w.logged = true
+		w.log.Warn("no pprof endpoint found in container; captures will be skipped until one appears",
+			"pids", pids, "path", w.c.o.Pprof.Path(), "ports", w.c.o.Ports)
+	}
+}
+
+// endpoints returns, per process, one listening port that serves pprof,
+// from what discovery remembered when the process is the same one.
 func (w *worker) endpoints(pids []int) []pprof.Endpoint {
+	for pid := range w.procs {
+		if !slices.Contains(pids, pid) {
+			delete(w.procs, pid)
+		}
+	}
 	var out []pprof.Endpoint
 	for _, pid := range pids {
-		p := w.c.o.Proc.Proc(pid)
-		st, err := p.Stat()
-		if err != nil {
-			continue // exited
-		}
-		ls, err := p.ListeningPorts()
-		if err != nil {
-			if !procfs.IsNotExist(err) {
-				w.log.Warn("cannot list listening ports", "pid", pid, "err", err)
-			}
-			continue
-		}
-		var eps []pprof.Endpoint
-		for _, l := range ls {
-			if len(w.c.o.Ports) > 0 && !slices.Contains(w.c.o.Ports, int(l.Port)) {
-				continue
-			}
-			eps = append(eps, pprof.Endpoint{PID: pid, StartTime: st.StartTime, Addr: l.DialAddr(), Port: int(l.Port)})
-		}
-		if ep, ok := w.c.o.Pprof.Find(w.c.ctx, eps); ok {
+		if ep, ok := w.endpoint(pid); ok {
 			out = append(out, ep)
 		}
 	}
 	return out
+}
+
+func (w *worker) endpoint(pid int) (pprof.Endpoint, bool) {
+	p := w.c.o.Proc.Proc(pid)
+	st, err := p.Stat()
+	if err != nil {
+		delete(w.procs, pid)
+		return pprof.Endpoint{}, false // exited
+	}
+	now := time.Now()
+	if pe, ok := w.procs[pid]; ok && pe.start == st.StartTime && (pe.ok || now.Sub(pe.at) < rediscoverAfter) {
+		return pe.ep, pe.ok
+	}
+	pe := procEndpoint{start: st.StartTime, at: now}
+	ls, err := p.ListeningPorts()
+	if err != nil && !procfs.IsNotExist(err) {
+		w.log.Warn("cannot list listening ports", "pid", pid, "err", err)
+	}
+	var eps []pprof.Endpoint
+	for _, l := range ls {
+		if len(w.c.o.Ports) > 0 && !slices.Contains(w.c.o.Ports, int(l.Port)) {
+			continue
+		}
+		eps = append(eps, pprof.Endpoint{PID: pid, StartTime: st.StartTime, Addr: l.DialAddr(), Port: int(l.Port)})
+	}
+	pe.ep, pe.ok = w.c.o.Pprof.Find(w.c.ctx, eps)
+	if pe.ok {
+		w.log.Info("pprof endpoint found", "pid", pid, "addr", pe.ep.Addr, "path", w.c.o.Pprof.Path())
+	}
+	w.procs[pid] = pe
+	return pe.ep, pe.ok
 }
 
 func (w *worker) captureFrom(r Request, ep pprof.Endpoint) error {
