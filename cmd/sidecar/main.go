@@ -1,0 +1,229 @@
+// Command sidecar watches the memory of the other containers of its pod and
+// captures heap profiles from their pprof endpoints before they are
+// OOM-killed. It runs as an ordinary process in the same PID namespace as its
+// targets (shareProcessNamespace in Kubernetes), configured by HEAPWATCH_*
+// environment variables (see sidecar/settings) and a few flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/heapwatch/heapwatch/sidecar/collect"
+	"github.com/heapwatch/heapwatch/sidecar/metrics"
+	"github.com/heapwatch/heapwatch/sidecar/pprof"
+	"github.com/heapwatch/heapwatch/sidecar/procfs"
+	"github.com/heapwatch/heapwatch/sidecar/settings"
+	"github.com/heapwatch/heapwatch/sidecar/spool"
+	"github.com/heapwatch/heapwatch/sidecar/store"
+	"github.com/heapwatch/heapwatch/sidecar/trigger"
+	"github.com/heapwatch/heapwatch/sidecar/watch"
+)
+
+var version = "dev"
+
+// Defaults of the sidecar's own flags.
+const (
+	defaultSpoolDir = "/var/lib/heapwatch/spool"
+	defaultGrace    = 10 * time.Second
+)
+
+type flags struct {
+	spoolDir    string
+	metricsAddr string
+	procRoot    string
+	grace       time.Duration
+	logLevel    slog.Level
+	maxProfile  int64
+}
+
+func main() {
+	var f flags
+	fs := flag.NewFlagSet("sidecar", flag.ExitOnError)
+	fs.StringVar(&f.spoolDir, "spool-dir", defaultSpoolDir, "directory holding captures until they are stored (an emptyDir in Kubernetes)")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", metrics.DefaultAddr, "listen address of the Prometheus /metrics endpoint; empty disables it")
+	fs.StringVar(&f.procRoot, "proc", "/proc", "the proc file system of the pod's shared PID namespace")
+	fs.DurationVar(&f.grace, "shutdown-grace", defaultGrace, "on SIGTERM, time to finish running captures and uploads; the rest stays in the spool")
+	fs.TextVar(&f.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
+	fs.Int64Var(&f.maxProfile, "max-profile-bytes", pprof.DefaultMaxBytes, "size cap of one fetched profile")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	_ = fs.Parse(os.Args[1:])
+	if *showVersion {
+		fmt.Println(version)
+		return
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: f.logLevel}))
+	slog.SetDefault(log)
+	if err := run(log, f); err != nil {
+		log.Error("sidecar stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(log *slog.Logger, f flags) error {
+	cfg, problems := settings.Defaults().FromEnv(os.LookupEnv)
+	for _, p := range problems {
+		log.Warn("invalid setting; using the default for it", "variable", p.Source, "value", p.Value, "using", p.Used, "err", errors.Unwrap(p.Err))
+	}
+	limitSelf(log, cfg)
+	pod := collect.PodFromEnv(os.LookupEnv)
+	log.Info("heapwatch sidecar starting", "version", version, "namespace", pod.Namespace, "pod", pod.Name,
+		"node", pod.Node, "storage", redact(cfg.Storage), "thresholds", cfg.Thresholds, "interval", cfg.Interval,
+		"horizon", cfg.Horizon, "profiles", cfg.Profiles, "pprofPath", cfg.PprofPath, "spoolDir", f.spoolDir)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	m := metrics.New()
+	if f.metricsAddr != "" {
+		go func() {
+			if err := m.Serve(ctx, f.metricsAddr, log); err != nil {
+				log.Error("metrics endpoint unavailable; capturing continues without it", "err", err)
+			}
+		}()
+	}
+	proc, err := procfs.NewFS(f.procRoot)
+	if err != nil {
+		return err // nothing can be watched without /proc
+	}
+	sp, err := openSpool(log, f.spoolDir, cfg.SpoolBytes, m)
+	if err != nil {
+		return err
+	}
+	uploadCtx, stopUpload := context.WithCancel(context.Background())
+	uploaded := make(chan struct{})
+	go func() {
+		defer close(uploaded)
+		upload(uploadCtx, log, sp, cfg.Storage)
+	}()
+
+	col := collect.New(collect.Options{
+		Pod: pod, Profiles: cfg.Profiles, Ports: cfg.Ports, Proc: proc,
+		Pprof: pprof.NewClient(pprof.Options{Path: cfg.PprofPath, MaxBytes: f.maxProfile}),
+		Spool: sp, Log: log, Metrics: m,
+	})
+	h := collect.Handler{C: col}
+	w := watch.New(watch.Options{Trigger: triggerOptions(cfg), Containers: cfg.Containers, OnSample: h.ObserveSample}, proc, h, log)
+	watchErr := w.Run(ctx)
+	if watchErr != nil && ctx.Err() == nil {
+		log.Error("watching stopped; captures already taken are still uploaded", "err", watchErr)
+		<-ctx.Done()
+	}
+
+	// SIGTERM: let running captures end, then try once more to store what
+	// is spooled; what is left stays in the spool for the next start.
+	log.Info("shutting down", "grace", f.grace)
+	deadline := time.Now().Add(f.grace)
+	col.Close(f.grace / 2)
+	stopUpload()
+	<-uploaded
+	flushCtx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	if st, err := store.Open(flushCtx, cfg.Storage); err == nil {
+		if err := sp.Flush(flushCtx, st); err != nil {
+			log.Warn("captures left in the spool for the next start", "err", err)
+		}
+	}
+	ids, _ := sp.Pending()
+	log.Info("stopped", "spooled", len(ids), "spoolBytes", sp.Bytes())
+	return nil
+}
+
+// openSpool opens the spool directory, falling back to a temporary one so
+// that a bad volume costs durability across restarts, not the captures.
+func openSpool(log *slog.Logger, dir string, bound int64, m *metrics.Metrics) (*spool.Spool, error) {
+	sp, err := spool.Open(dir, spool.Options{MaxBytes: bound, Log: log, Metrics: m})
+	if err == nil {
+		return sp, nil
+	}
+	fallback := filepath.Join(os.TempDir(), "heapwatch-spool")
+	log.Error("cannot use the spool directory; using a temporary one (captures will not survive a restart)",
+		"spoolDir", dir, "fallback", fallback, "err", err)
+	sp, err2 := spool.Open(fallback, spool.Options{MaxBytes: bound, Log: log, Metrics: m})
+	if err2 != nil {
+		return nil, fmt.Errorf("no usable spool directory: %w", errors.Join(err, err2))
+	}
+	return sp, nil
+}
+
+// upload opens the storage and drains the spool into it until ctx is done.
+// Opening is retried (an S3 client needs its region and credentials chain);
+// a panic in the uploader is logged and the uploader restarted.
+func upload(ctx context.Context, log *slog.Logger, sp *spool.Spool, rawURL string) {
+	backoff := time.Second
+	for ctx.Err() == nil {
+		st, err := store.Open(ctx, rawURL)
+		if err != nil {
+			log.Error("cannot open the storage; captures stay in the spool", "storage", redact(rawURL), "err", err, "retryIn", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, time.Minute)
+			continue
+		}
+		func() {
+			defer func() {
+				if p := recover(); p != nil {
+					log.Error("uploader panicked; restarting it", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+					time.Sleep(time.Second)
+				}
+			}()
+			sp.Run(ctx, st)
+		}()
+	}
+}
+
+// limitSelf bounds the sidecar's own memory and CPU: GOMEMLIMIT and
+// GOMAXPROCS from the environment when set (the webhook sets them), else
+// derived from HEAPWATCH_MEMORY_LIMIT and HEAPWATCH_CPU_LIMIT.
+func limitSelf(log *slog.Logger, cfg settings.Config) {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		if limit, ok := cfg.MemoryLimit.AsInt64(); ok && limit > 0 {
+			// Leave room for what the Go heap does not count (stacks, the
+			// runtime, page cache of the spool is not ours).
+			debug.SetMemoryLimit(limit / 10 * 8)
+		}
+	}
+	if os.Getenv("GOMAXPROCS") == "" {
+		if cores := cfg.CPULimit.AsApproximateFloat64(); cores > 0 {
+			runtime.GOMAXPROCS(max(1, int(math.Ceil(cores))))
+		}
+	}
+	log.Debug("own limits", "gomemlimit", debug.SetMemoryLimit(-1), "gomaxprocs", runtime.GOMAXPROCS(0))
+}
+
+// triggerOptions maps the per-pod settings onto the trigger; what the
+// settings do not name keeps the trigger's documented defaults.
+func triggerOptions(cfg settings.Config) trigger.Options {
+	return trigger.Options{
+		Thresholds: cfg.Thresholds,
+		Absolute:   uint64(max(cfg.ThresholdBytes, 0)),
+		Horizon:    cfg.Horizon,
+		Cooldown:   cfg.Cooldown,
+		MaxPerHour: cfg.MaxPerHour,
+		Interval:   cfg.Interval,
+	}
+}
+
+// redact drops a password from a URL for logs.
+func redact(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	return u.Redacted()
+}

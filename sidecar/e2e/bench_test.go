@@ -1,0 +1,296 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/heapwatch/heapwatch/sidecar/capture"
+	"github.com/heapwatch/heapwatch/sidecar/podsim"
+	"github.com/heapwatch/heapwatch/sidecar/spool"
+	"github.com/heapwatch/heapwatch/sidecar/store/s3test"
+)
+
+// Each benchmark does a fixed amount of work per b.N (at least minRuns pods
+// per shape), so it stays bounded with the default -benchtime; run longer
+// with e.g. -benchtime=30x (30 runs per shape).
+const minRuns = 10
+
+// BenchmarkCaptureRate runs each leak shape to its OOM kill repeatedly and
+// reports the share of kills that left a usable final heap profile
+// (capture-%), the lead time from that capture to the kill, and the
+// detection latency (trigger seen → fetch started) of every capture.
+func BenchmarkCaptureRate(b *testing.B) {
+	requirePods(b)
+	for _, tt := range shapes {
+		b.Run(tt.shape, func(b *testing.B) {
+			runs := max(minRuns, b.N)
+			var ok int
+			var lead, detect []time.Duration
+			for i := range runs {
+				m, all, err := oneKill(b, tt.shape, append(slices.Clone(tt.args), "-delay", "1s"))
+				for _, c := range all {
+					detect = append(detect, c.CapturedAt.Sub(c.DetectedAt))
+				}
+				if err == nil {
+					err = verifyFinalHeap(openStore(b, m.storage), m.meta, tt.fn)
+				}
+				if err != nil {
+					b.Logf("run %d: no usable capture: %v", i, err)
+					continue
+				}
+				ok++
+				lead = append(lead, m.meta.OOMKilledAt.Sub(m.meta.CapturedAt))
+			}
+			b.ReportMetric(100*float64(ok)/float64(runs), "capture-%")
+			b.ReportMetric(float64(runs), "runs")
+			if len(lead) > 0 {
+				b.ReportMetric(ms(percentile(lead, 50)), "lead-p50-ms")
+				b.ReportMetric(ms(slices.Min(lead)), "lead-min-ms")
+			}
+			if len(detect) > 0 {
+				b.ReportMetric(ms(percentile(detect, 50)), "detect-p50-ms")
+				b.ReportMetric(ms(percentile(detect, 99)), "detect-p99-ms")
+			}
+		})
+	}
+}
+
+type killResult struct {
+	storage string
+	meta    *capture.Metadata
+}
+
+// oneKill runs one pod to the app's OOM kill and returns the final capture
+// and every capture stored.
+func oneKill(b *testing.B, shape string, args []string) (killResult, []*capture.Metadata, error) {
+	var res killResult
+	var all []*capture.Metadata
+	err := func() error {
+		r := startPod(b, podOptions{shape: shape, appArgs: args})
+		defer r.pod.Close()
+		res.storage = r.storage
+		deadline := time.Now().Add(time.Minute)
+		for {
+			if n, _ := r.app.OOMKills(); n > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("no OOM kill within a minute")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		st := openStore(b, r.storage)
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			all = captures(b, st)
+			if i := slices.IndexFunc(all, func(m *capture.Metadata) bool { return m.Final }); i >= 0 {
+				res.meta = all[i]
+				return nil
+			}
+		}
+		return fmt.Errorf("no final capture (%d captures)", len(all))
+	}()
+	return res, all, err
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func percentile(ds []time.Duration, p int) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[min(len(s)-1, (len(s)*p+99)/100-1)]
+}
+
+// BenchmarkDetectionLatency reports how long the sidecar takes from seeing
+// a threshold crossed to starting the fetch, over a ladder of nine
+// thresholds per run, with kernel notifications (writable cgroup view) and
+// without them (read-only view: polling only).
+func BenchmarkDetectionLatency(b *testing.B) {
+	requirePods(b)
+	for _, mode := range []struct {
+		name     string
+		readOnly bool
+	}{{"notify", false}, {"polling", true}} {
+		b.Run(mode.name, func(b *testing.B) {
+			var detect []time.Duration
+			for range max(3, b.N) {
+				r := startPod(b, podOptions{shape: "linear", appArgs: []string{"-rate", "20", "-delay", "1s"}, readOnlyCG: mode.readOnly,
+					env: []string{"HEAPWATCH_THRESHOLDS=10,20,30,40,50,60,70,80,90", "HEAPWATCH_COOLDOWN=0s",
+						"HEAPWATCH_MAX_PER_HOUR=1000", "HEAPWATCH_HORIZON=0s"}})
+				r.waitOOMKill(b, time.Minute)
+				time.Sleep(time.Second) // the last uploads
+				for _, m := range captures(b, openStore(b, r.storage)) {
+					if strings.HasPrefix(m.Trigger, "threshold") {
+						detect = append(detect, m.CapturedAt.Sub(m.DetectedAt))
+					}
+				}
+				r.pod.Close()
+			}
+			if len(detect) == 0 {
+				b.Fatal("no threshold captures")
+			}
+			b.ReportMetric(float64(len(detect)), "captures")
+			b.ReportMetric(ms(percentile(detect, 50)), "p50-ms")
+			b.ReportMetric(ms(percentile(detect, 99)), "p99-ms")
+		})
+	}
+}
+
+// BenchmarkSidecarCPU reports the sidecar's CPU use, in % of one core, while
+// it watches one idle container with a limit, at 100 ms and 10 ms sampling:
+// utime+stime from /proc/<pid>/stat over a fixed window (10 ms ticks), and
+// the summed per-thread schedstat run time (ns) over the same window.
+func BenchmarkSidecarCPU(b *testing.B) {
+	requirePods(b)
+	const window = 20 * time.Second
+	for _, interval := range []string{"100ms", "10ms"} {
+		b.Run(interval, func(b *testing.B) {
+			r := startPod(b, podOptions{shape: "none", env: []string{"HEAPWATCH_INTERVAL=" + interval}})
+			pid, err := r.sidecar.PID()
+			if err != nil {
+				b.Fatal(err)
+			}
+			time.Sleep(2 * time.Second) // start-up and first discovery
+			ticks0, run0, err := cpuTime(pid)
+			if err != nil {
+				b.Fatal(err)
+			}
+			start := time.Now()
+			time.Sleep(window)
+			ticks1, run1, err := cpuTime(pid)
+			if err != nil {
+				b.Fatal(err)
+			}
+			elapsed := time.Since(start)
+			const clkTck = 100 // USER_HZ on Linux
+			b.ReportMetric(100*float64(ticks1-ticks0)/clkTck/elapsed.Seconds(), "cpu-%")
+			b.ReportMetric(100*float64(run1-run0)/float64(elapsed), "cpu-%-schedstat")
+		})
+	}
+}
+
+// cpuTime returns utime+stime in clock ticks and the summed on-CPU time of
+// every thread in ns.
+func cpuTime(pid int) (ticks uint64, runNS uint64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	// Fields after comm start at field 3; utime and stime are 14 and 15.
+	for _, f := range fields[11:13] {
+		v, err := strconv.ParseUint(f, 10, 64)
+		if err != nil {
+			return 0, 0, err
+		}
+		ticks += v
+	}
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue // thread exited
+		}
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			v, _ := strconv.ParseUint(f[0], 10, 64)
+			runNS += v
+		}
+	}
+	return ticks, runNS, nil
+}
+
+// BenchmarkSidecarPeakRSSUpload reports the sidecar's peak RSS (VmHWM) while
+// it stores a 100 MB profile left in its spool to the S3 server, as after a
+// restart with the storage unreachable before.
+func BenchmarkSidecarPeakRSSUpload(b *testing.B) {
+	requirePods(b)
+	srv := s3test.Start(b)
+	srv.Setenv(b)
+	for range b.N {
+		spoolDir := b.TempDir()
+		meta := bigCapture(b, spoolDir, 100<<20)
+		logs := &syncBuffer{}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		pod, err := podsim.Start(ctx, podsim.Spec{Name: "rss", Containers: []podsim.ContainerSpec{{
+			Name: "heapwatch", Argv: []string{sidecarBin, "--spool-dir", spoolDir, "--metrics-addr", ""},
+			Env: append(srv.Env(), "HEAPWATCH_STORAGE="+srv.URL("rss")), MemoryLimit: sidecarLimit, Stdout: logs, Stderr: logs,
+		}}})
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		pid, err := pod.Container("heapwatch").PID()
+		if err != nil {
+			b.Fatal(err)
+		}
+		st := openStore(b, srv.URL("rss"))
+		deadline := time.Now().Add(2 * time.Minute)
+		for len(captures(b, st)) == 0 || spooled(b, spoolDir) > 0 {
+			if time.Now().After(deadline) {
+				b.Fatalf("100 MB capture not stored within 2 minutes:\n%s", logs.String())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		hwm, err := vmHWM(pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_ = pod.Close()
+		if _, err := get(st, meta.Profiles[0].Key); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(hwm)/1024, "peak-rss-MiB")
+	}
+}
+
+// bigCapture commits a capture with a heap profile of n bytes into a spool.
+func bigCapture(b *testing.B, dir string, n int64) *capture.Metadata {
+	sp, err := spool.Open(dir, spool.Options{MaxBytes: 2 * n})
+	if err != nil {
+		b.Fatal(err)
+	}
+	w, err := sp.Begin()
+	if err != nil {
+		b.Fatal(err)
+	}
+	f, err := w.Create("heap")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := f.Truncate(n); err != nil { // sparse: the content does not matter
+		b.Fatal(err)
+	}
+	f.Close()
+	meta := &capture.Metadata{SchemaVersion: capture.SchemaVersion, Namespace: "bench", Pod: "rss", Container: "app",
+		Trigger: "threshold-90", CapturedAt: time.Now()}
+	meta.ID = meta.Name().ID()
+	meta.Profiles = []capture.Profile{{Name: "heap", Key: meta.Name().ProfileKey("heap"), Bytes: n}}
+	if _, err := w.Commit(meta, false); err != nil {
+		b.Fatal(err)
+	}
+	return meta
+}
+
+func vmHWM(pid int) (kib int64, err error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	for sc := bufio.NewScanner(f); sc.Scan(); {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM for pid %d", pid)
+}
