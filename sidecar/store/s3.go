@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"mime"
 	"path"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/logging"
 )
 
 // Upload buffers: for a stream (not a file) the uploader holds the first part
@@ -44,6 +46,7 @@ func openS3(ctx context.Context, c s3Config) (*s3Store, error) {
 	// The default chain: env, shared config/credentials (AWS_PROFILE), web
 	// identity (IRSA), container credentials (EKS Pod Identity), IMDS. It
 	// reads files and env only; credentials are fetched on first use.
+	opts = append(opts, config.WithLogger(sdkLogger{}))
 	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("load AWS configuration for %s: %w", c, err)
@@ -84,6 +87,15 @@ func (p credentialsProvider) Retrieve(ctx context.Context) (aws.Credentials, err
 		return creds, fmt.Errorf("%w: %w", ErrCredentials, err)
 	}
 	return creds, nil
+}
+
+// sdkLogger sends the SDK's own messages (an IMDSv1 fallback, a skipped
+// checksum) to slog at debug level: they are not actionable, and printed
+// as is they would break the sidecar's JSON logs and clutter the CLI.
+type sdkLogger struct{}
+
+func (sdkLogger) Logf(c logging.Classification, format string, v ...any) {
+	slog.Debug(fmt.Sprintf(format, v...), "source", "aws-sdk", "level", string(c))
 }
 
 func (s *s3Store) String() string { return s.cfg.String() }
@@ -220,18 +232,21 @@ var credentialCodes = map[string]bool{
 
 // wrap adds context to an SDK error and the sentinel a caller branches on.
 func (s *s3Store) wrap(op, key string, err error) error {
+	if key != "" {
+		op += " " + key
+	}
 	var apiErr smithy.APIError
 	if errors.As(err, &apiErr) {
 		switch code := apiErr.ErrorCode(); {
 		case code == "NoSuchKey" || code == "NotFound":
-			return fmt.Errorf("%s %s in %s: %w", op, key, s, ErrNotFound)
+			return fmt.Errorf("%s in %s: %w", op, s, ErrNotFound)
 		case code == "NoSuchBucket":
-			return fmt.Errorf("%s %s: bucket %q does not exist at %s: %w", op, key, s.cfg.Bucket, s.endpoint(), err)
+			return fmt.Errorf("%s: bucket %q does not exist at %s: %w", op, s.cfg.Bucket, s.endpoint(), err)
 		case credentialCodes[code]:
-			return fmt.Errorf("%s %s in %s: %w: %w", op, key, s, ErrCredentials, err)
+			return fmt.Errorf("%s in %s: %w: %w", op, s, ErrCredentials, err)
 		}
 	}
-	return fmt.Errorf("%s %s in %s: %w", op, key, s, err)
+	return fmt.Errorf("%s in %s: %w", op, s, err)
 }
 
 func (s *s3Store) endpoint() string {
