@@ -12,6 +12,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"syscall"
 )
 
 const (
@@ -114,7 +115,7 @@ func (s *fileStore) Get(ctx context.Context, key string) (io.ReadCloser, error) 
 	}
 	defer root.Close()
 	f, err := root.Open(key)
-	if errors.Is(err, fs.ErrNotExist) {
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 		return nil, fmt.Errorf("get %s: %w", key, ErrNotFound)
 	}
 	if err != nil {
@@ -151,7 +152,9 @@ func (s *fileStore) List(ctx context.Context, prefix string, fn func(Object) err
 
 func (s *fileStore) walk(ctx context.Context, fsys fs.FS, dir, prefix string, fn func(Object) error) error {
 	entries, err := fs.ReadDir(fsys, dir)
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrInvalid) {
+	// A prefix naming no folder, or naming an object as if it were a folder
+	// ("a/x" when "a" is an object), matches nothing.
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 		return nil
 	}
 	if err != nil {

@@ -142,6 +142,8 @@ func TestPutGetList(t *testing.T) {
 			"a":          {"a-c", "a/b"},
 			"missing/":   nil,
 			"ns/nope/x":  nil,
+			"a-c/":       nil, // a-c is an object, not a folder
+			"z/x":        nil,
 		} {
 			if got := keys(list(t, s, prefix)); !slices.Equal(got, want) {
 				t.Errorf("List(%q) = %q, want %q", prefix, got, want)
@@ -245,7 +247,7 @@ func TestGetMissingIsErrNotFound(t *testing.T) {
 			t.Errorf("Get on an empty store: %v, want ErrNotFound", err)
 		}
 		put(t, s, "ns/pod/c/one.json", "{}")
-		for _, k := range []string{"ns/pod/c/none.json", "ns/pod/c"} {
+		for _, k := range []string{"ns/pod/c/none.json", "ns/pod/c", "ns/pod/c/one.json/x"} {
 			if _, err := s.Get(context.Background(), k); !errors.Is(err, store.ErrNotFound) {
 				t.Errorf("Get(%q): %v, want ErrNotFound", k, err)
 			}
