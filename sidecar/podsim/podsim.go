@@ -122,9 +122,10 @@ func Start(ctx context.Context, spec Spec) (*Pod, error) {
 			return nil, fmt.Errorf("%w: ip not found (needed for Net): %w", ErrUnsupported, err)
 		}
 	}
+	removeStale()
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
-	name := fmt.Sprintf("heapwatch-podsim-%s-%s", sanitize(spec.Name), hex.EncodeToString(suffix))
+	name := fmt.Sprintf("%s%s-%s", namePrefix, sanitize(spec.Name), hex.EncodeToString(suffix))
 	p := &Pod{Name: name, CgroupDir: filepath.Join(MemoryRoot, name), spec: spec}
 	if err := os.Mkdir(p.CgroupDir, 0o755); err != nil {
 		return nil, fmt.Errorf("podsim: create pod cgroup: %w", err)
@@ -390,6 +391,33 @@ func removeCgroup(dir string) error {
 			return fmt.Errorf("podsim: remove cgroup %s: %w", dir, err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// namePrefix starts the cgroup directory of every emulated pod.
+const namePrefix = "heapwatch-podsim-"
+
+// staleAge is how old an emulated pod's cgroup must be, with no process
+// left in it, to be taken for the leftover of a killed caller (Close never
+// ran). Younger ones may belong to a pod being started right now.
+const staleAge = 10 * time.Minute
+
+// removeStale removes the empty cgroups of emulated pods whose caller was
+// killed before Close. A group that still has tasks cannot be removed.
+func removeStale() {
+	dirs, _ := filepath.Glob(filepath.Join(MemoryRoot, namePrefix+"*"))
+	for _, dir := range dirs {
+		st, err := os.Stat(dir)
+		if err != nil || time.Since(st.ModTime()) < staleAge {
+			continue
+		}
+		children, _ := os.ReadDir(dir)
+		for _, c := range children {
+			if c.IsDir() {
+				_ = os.Remove(filepath.Join(dir, c.Name()))
+			}
+		}
+		_ = os.Remove(dir)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -157,4 +158,40 @@ func TestBadContainer(t *testing.T) {
 	if err == nil {
 		t.Fatal("Start accepted a container name with spaces")
 	}
+}
+
+func TestStartRemovesStaleEmptyPods(t *testing.T) {
+	requirePods(t)
+	stale := filepath.Join(MemoryRoot, namePrefix+"stale-test")
+	busy := filepath.Join(MemoryRoot, namePrefix+"busy-test")
+	for _, d := range []string{stale, busy} {
+		if err := os.MkdirAll(filepath.Join(d, "app"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = removeCgroup(filepath.Join(d, "app")); _ = removeCgroup(d) })
+	}
+	// A process still in the busy pod's group keeps it.
+	sleeper := exec.Command("sleep", "60")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sleeper.Process.Kill(); _ = sleeper.Wait() })
+	if err := os.WriteFile(filepath.Join(busy, "app", "cgroup.procs"), []byte(strconv.Itoa(sleeper.Process.Pid)), 0); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-2 * staleAge)
+	for _, d := range []string{stale, busy} {
+		if err := os.Chtimes(d, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startPod(t, Spec{Name: "fresh", Containers: []ContainerSpec{{Name: "a", Argv: []string{"true"}}}})
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale empty pod cgroup kept: %v", err)
+	}
+	if _, err := os.Stat(busy); err != nil {
+		t.Errorf("pod cgroup with a live process removed: %v", err)
+	}
+	_ = sleeper.Process.Kill()
+	_ = sleeper.Wait()
 }
