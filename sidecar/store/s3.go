@@ -39,14 +39,13 @@ type s3Store struct {
 }
 
 func openS3(ctx context.Context, c s3Config) (*s3Store, error) {
-	var opts []func(*config.LoadOptions) error
+	opts := []func(*config.LoadOptions) error{config.WithLogger(sdkLogger{})}
 	if c.Region != "" {
 		opts = append(opts, config.WithRegion(c.Region))
 	}
 	// The default chain: env, shared config/credentials (AWS_PROFILE), web
 	// identity (IRSA), container credentials (EKS Pod Identity), IMDS. It
 	// reads files and env only; credentials are fetched on first use.
-	opts = append(opts, config.WithLogger(sdkLogger{}))
 	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("load AWS configuration for %s: %w", c, err)
@@ -58,7 +57,7 @@ func openS3(ctx context.Context, c s3Config) (*s3Store, error) {
 	client := s3.NewFromConfig(awsCfg, func(o *s3.Options) {
 		o.UsePathStyle = c.PathStyle
 		// Multipart objects carry no whole-object checksum to validate; the
-		// SDK would print a warning to stderr on every such Get.
+		// SDK would log that on every such Get.
 		o.DisableLogOutputChecksumValidationSkipped = true
 		if c.Endpoint != "" {
 			o.BaseEndpoint = aws.String(c.Endpoint)
