@@ -193,9 +193,9 @@ func upload(ctx context.Context, log *slog.Logger, sp *spool.Spool, rawURL strin
 func limitSelf(log *slog.Logger, cfg settings.Config) {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		if limit, ok := cfg.MemoryLimit.AsInt64(); ok && limit > 0 {
-			// Leave room for what the Go heap does not count (stacks, the
-			// runtime, page cache of the spool is not ours).
-			debug.SetMemoryLimit(limit / 10 * 8)
+			// 85 %, as the webhook renders it: room for what the Go heap
+			// does not count (stacks, runtime metadata).
+			debug.SetMemoryLimit(limit / 100 * 85)
 		}
 	}
 	if os.Getenv("GOMAXPROCS") == "" {
