@@ -76,7 +76,9 @@ func Prefix(namespace, pod, container string) string {
 	return b.String()
 }
 
-var idPattern = regexp.MustCompile(`^([^/]+)/([^/]+)/([^/]+)/(\d{8}T\d{6}\.\d{3}Z)-([a-z0-9][a-z0-9-]*)$`)
+// The trigger accepts every character segment keeps, so any ID this package
+// writes parses back.
+var idPattern = regexp.MustCompile(`^([^/]+)/([^/]+)/([^/]+)/(\d{8}T\d{6}\.\d{3}Z)-([A-Za-z0-9_.][A-Za-z0-9_.-]*)$`)
 
 // ParseID parses a capture ID or metadata key back into its Name.
 func ParseID(s string) (Name, error) {

@@ -47,6 +47,10 @@ func TestUnsafeSegmentsAreNeutralised(t *testing.T) {
 	if got, want := n.ID(), "_/a_b/_/19700101T000000.000Z-x_y"; got != want {
 		t.Errorf("ID = %q, want %q", got, want)
 	}
+	// Whatever ID is written must parse back, or the capture is invisible.
+	if back, err := ParseID(n.ID()); err != nil || back.ID() != n.ID() {
+		t.Errorf("ParseID(%q) = %+v, %v", n.ID(), back, err)
+	}
 }
 
 func TestParseIDRejects(t *testing.T) {

@@ -19,6 +19,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/heapwatch/heapwatch/sidecar/store"
 )
 
 const (
@@ -429,22 +431,12 @@ func parseProfiles(v string) ([]string, error) {
 	return out, nil
 }
 
+// parseStorage checks the URL with the storage package's own parser, so an
+// annotation typo (an unknown query parameter, a relative path) is caught at
+// admission, not when the first capture is lost.
 func parseStorage(v string) (string, error) {
-	u, err := url.Parse(v)
-	if err != nil {
-		return "", fmt.Errorf("not a URL: %w", err)
-	}
-	switch u.Scheme {
-	case "file":
-		if u.Host != "" || !strings.HasPrefix(u.Path, "/") {
-			return "", errors.New("file URLs need an absolute path: file:///dir")
-		}
-	case "s3":
-		if u.Host == "" {
-			return "", errors.New("s3 URLs need a bucket: s3://bucket/prefix")
-		}
-	default:
-		return "", fmt.Errorf("unsupported scheme %q (use file:// or s3://)", u.Scheme)
+	if err := store.Validate(v); err != nil {
+		return "", err
 	}
 	return v, nil
 }

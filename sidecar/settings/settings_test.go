@@ -116,6 +116,7 @@ func TestSetValues(t *testing.T) {
 		{"storage", "file://relative/dir", errWanted},
 		{"storage", "s3:///nobucket", errWanted},
 		{"storage", "gs://bucket", errWanted},
+		{"storage", "s3://bucket/p?regoin=eu-west-1", errWanted},
 		{"spool-bytes", "1Gi", "1Gi"},
 		{"spool-bytes", "1Mi", errWanted},
 		{"spool-bytes", "20Gi", errWanted},
