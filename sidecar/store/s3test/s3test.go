@@ -75,34 +75,49 @@ func WithDebugLog() Option { return func(s *Server) { s.debug = true } }
 // stopped, and its process group killed, when the test ends.
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
+	s, err := Run(Binary(t), t.TempDir(), filepath.Join(t.TempDir(), "versitygw.log"), opts...)
+	if err != nil {
+		t.Fatalf("s3test: %v", err)
+	}
+	s.t = t
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// Run is Start for programs that are not tests (make demo): it starts bin
+// with its data in dir and its output in logPath; the caller must Stop it.
+func Run(bin, dir, logPath string, opts ...Option) (*Server, error) {
 	s := &Server{
 		Bucket:    "heapwatch",
 		Region:    region,
 		AccessKey: "AK" + randHex(9),
 		SecretKey: randHex(20),
-		Dir:       t.TempDir(),
-		t:         t,
-		bin:       Binary(t),
+		Dir:       dir,
+		bin:       bin,
+		logPath:   logPath,
 	}
 	for _, o := range opts {
 		o(s)
 	}
-	s.logPath = filepath.Join(t.TempDir(), "versitygw.log")
-	t.Cleanup(s.Stop)
 	var err error
 	// A free port can be taken between probing and binding it: retry.
 	for range 3 {
-		s.addr = freeAddr(t)
+		if s.addr, err = freeAddr(); err != nil {
+			return nil, err
+		}
 		s.Endpoint = "http://" + s.addr
 		if err = s.launch(); err == nil {
 			break
 		}
 	}
 	if err != nil {
-		t.Fatalf("s3test: %v", err)
+		return nil, err
 	}
-	s.createBucket(t)
-	return s
+	if _, err := s.Client().CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: aws.String(s.Bucket)}); err != nil {
+		s.Stop()
+		return nil, fmt.Errorf("create bucket: %w", err)
+	}
+	return s, nil
 }
 
 // URL is the storage URL for the bucket under prefix (may be empty).
@@ -138,7 +153,7 @@ func (s *Server) Setenv(t testing.TB) {
 func (s *Server) Log() string {
 	b, err := os.ReadFile(s.logPath)
 	if err != nil {
-		s.t.Errorf("s3test: read server log: %v", err)
+		return fmt.Sprintf("(s3test: read server log: %v)", err)
 	}
 	return string(b)
 }
@@ -164,9 +179,17 @@ func (s *Server) Stop() {
 	s.cmd = nil
 }
 
-// Start starts the stopped server again on the same address and data.
+// Start starts the stopped server again on the same address and data; only
+// for servers made by the package-level Start.
 func (s *Server) Start() {
 	s.t.Helper()
+	if err := s.Restart(); err != nil {
+		s.t.Fatalf("s3test: %v", err)
+	}
+}
+
+// Restart starts the stopped server again on the same address and data.
+func (s *Server) Restart() error {
 	var err error
 	// The old socket may linger for a moment after the process exits.
 	for deadline := time.Now().Add(startupWait); ; {
@@ -176,8 +199,9 @@ func (s *Server) Start() {
 		time.Sleep(100 * time.Millisecond)
 	}
 	if err != nil {
-		s.t.Fatalf("s3test: start again: %v", err)
+		return fmt.Errorf("start again: %w", err)
 	}
+	return nil
 }
 
 func (s *Server) launch() error {
@@ -239,14 +263,6 @@ func waitHealthy(healthURL string, exited <-chan struct{}) error {
 	}
 }
 
-func (s *Server) createBucket(t testing.TB) {
-	t.Helper()
-	_, err := s.Client().CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: aws.String(s.Bucket)})
-	if err != nil {
-		t.Fatalf("s3test: create bucket: %v", err)
-	}
-}
-
 // Client is an S3 client with the root credentials, for a test to look at
 // the bucket without going through the code under test.
 func (s *Server) Client() *s3.Client {
@@ -267,14 +283,16 @@ var (
 // Binary returns the versitygw binary, building it on first use.
 func Binary(t testing.TB) string {
 	t.Helper()
-	binOnce.Do(func() { binPath, binErr = findBinary() })
+	binOnce.Do(func() { binPath, binErr = FindBinary() })
 	if binErr != nil {
 		t.Fatalf("s3test: %v", binErr)
 	}
 	return binPath
 }
 
-func findBinary() (string, error) {
+// FindBinary returns $HEAPWATCH_VERSITYGW, or builds the pinned versitygw
+// into the Go build cache and returns its path.
+func FindBinary() (string, error) {
 	if p := os.Getenv(EnvBinary); p != "" {
 		if _, err := os.Stat(p); err != nil {
 			return "", fmt.Errorf("$%s: %w", EnvBinary, err)
@@ -327,14 +345,13 @@ func repoRoot() (string, error) {
 	}
 }
 
-func freeAddr(t testing.TB) string {
-	t.Helper()
+func freeAddr() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("s3test: find a free port: %v", err)
+		return "", fmt.Errorf("find a free port: %w", err)
 	}
 	defer l.Close()
-	return l.Addr().String()
+	return l.Addr().String(), nil
 }
 
 func randHex(n int) string {
