@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/heapwatch/heapwatch/certs"
 	"github.com/heapwatch/heapwatch/webhook/internal/podgen"
+	"github.com/heapwatch/heapwatch/webhook/internal/testenv"
 )
 
 var (
@@ -157,14 +157,9 @@ func startBenchServer(b *testing.B) (string, *http.Client) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ports := make([]int, 3)
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-		l.Close()
+	ports, err := testenv.FreePorts(3)
+	if err != nil {
+		b.Fatal(err)
 	}
 	cfg := DefaultConfig()
 	cfg.Inject = testOptions()
@@ -189,18 +184,8 @@ func startBenchServer(b *testing.B) (string, *http.Client) {
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 100,
 	}}
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", ports[2]))
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			b.Fatal("webhook server not ready within 20s")
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := testenv.WaitReady(ctx, fmt.Sprintf("http://127.0.0.1:%d/readyz", ports[2]), 20*time.Second); err != nil {
+		b.Fatal(err)
 	}
 	return fmt.Sprintf("https://127.0.0.1:%d%s", ports[0], Path), client
 }

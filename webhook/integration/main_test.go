@@ -107,15 +107,6 @@ type server struct {
 	done                         chan error
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 // startServer runs the webhook as cmd/webhook does, on loopback, and waits
 // until it reports ready.
 func startServer(dir string) (*server, error) {
@@ -123,12 +114,11 @@ func startServer(dir string) (*server, error) {
 	if err := s.certs.rotate(); err != nil {
 		return nil, err
 	}
-	for _, p := range []*int{&s.port, &s.metricsPort, &s.probePort} {
-		var err error
-		if *p, err = freePort(); err != nil {
-			return nil, err
-		}
+	ports, err := testenv.FreePorts(3)
+	if err != nil {
+		return nil, err
 	}
+	s.port, s.metricsPort, s.probePort = ports[0], ports[1], ports[2]
 	cfg := webhook.DefaultConfig()
 	cfg.Inject.Image = sidecarImage
 	cfg.Inject.CredentialsSecret = "heapwatch-s3"
@@ -144,17 +134,9 @@ func startServer(dir string) (*server, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	go func() { s.done <- mgr.Start(ctx) }()
-	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", s.probePort))
-		if err != nil {
-			return false, nil
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
-	})
-	if err != nil {
+	if err := testenv.WaitReady(ctx, fmt.Sprintf("http://127.0.0.1:%d/readyz", s.probePort), 30*time.Second); err != nil {
 		s.stop()
-		return nil, fmt.Errorf("webhook not ready: %w", err)
+		return nil, err
 	}
 	return s, nil
 }

@@ -12,6 +12,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/utils/ptr"
 
 	"github.com/heapwatch/heapwatch/webhook/inject"
 	"github.com/heapwatch/heapwatch/webhook/internal/podgen"
@@ -254,6 +255,62 @@ func TestWebhookStopped(t *testing.T) {
 	}
 	assertNotInjected(t, got)
 	t.Logf("pod created %v after the webhook stopped answering", time.Since(start))
+
+	// The fail-closed option: the same outage now refuses the pod.
+	cfg, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "heapwatch-stopped", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Webhooks[0].FailurePolicy = ptr.To(admissionregistrationv1.Fail)
+	if _, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Update(ctx, cfg, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var refused error
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, refused = cs.CoreV1().Pods(ns).Create(ctx, podgen.Pod("", podgen.GenerateName("fail-closed-")), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		return refused != nil, nil
+	})
+	if err != nil || !strings.Contains(refused.Error(), "failed calling webhook") {
+		t.Errorf("under failurePolicy Fail the pod was not refused: %v", refused)
+	}
+}
+
+// TestPodSecurityNeedsPrivileged shows why the configuration skips
+// namespaces enforcing Pod Security baseline or restricted: there the
+// injected sidecar (uid 0, SYS_PTRACE, DAC_READ_SEARCH) makes the API server
+// refuse the pod. A configuration without that exclusion is registered for
+// test namespaces only.
+func TestPodSecurityNeedsPrivileged(t *testing.T) {
+	ctx := context.Background()
+	cs, _ := client(t)
+	const label = "heapwatch-test/psa"
+	if err := register(ctx, "heapwatch-psa", main, func(wh *admissionregistrationv1.MutatingWebhook) {
+		wh.NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{label: "true"}}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(ctx, "heapwatch-psa", metav1.DeleteOptions{})
+	})
+	for level, allowed := range map[string]bool{"privileged": true, "baseline": false, "restricted": false} {
+		t.Run(level, func(t *testing.T) {
+			ns, err := namespaceFor(ctx, cs, map[string]string{label: "true", "pod-security.kubernetes.io/enforce": level})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := cs.CoreV1().Pods(ns).Create(ctx, podgen.Pod("app"), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+			switch {
+			case allowed && err != nil:
+				t.Fatalf("refused: %v", err)
+			case allowed:
+				assertInjected(t, got)
+			case err == nil:
+				t.Fatalf("Pod Security %s admitted the injected sidecar", level)
+			case !strings.Contains(err.Error(), "SYS_PTRACE"):
+				t.Errorf("refused for another reason than the sidecar's capabilities: %v", err)
+			}
+		})
+	}
 }
 
 // TestCertRotation swaps the certificate files as the kubelet does when
