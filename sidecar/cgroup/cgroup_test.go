@@ -3,8 +3,12 @@ package cgroup
 import (
 	"errors"
 	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/heapwatch/heapwatch/sidecar/procfs"
 )
@@ -178,5 +182,43 @@ func TestLocateFixtures(t *testing.T) {
 		if dir != tt.dir || v != tt.version || (tt.err == nil) != (err == nil) || (tt.err != nil && !errors.Is(err, tt.err)) {
 			t.Errorf("pid %d: Locate = %q, %d, %v; want %q, %d, %v", tt.pid, dir, v, err, tt.dir, tt.version, tt.err)
 		}
+	}
+}
+
+func TestStatRefresh(t *testing.T) {
+	dir := copyTree(t, "testdata/v2/limited")
+	m, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	m.SetStatRefresh(time.Hour, 4*mib)
+	write := func(name, content string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ws := func() uint64 {
+		t.Helper()
+		s, err := m.Sample()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.WorkingSet
+	}
+	if got := ws(); got != 70*mib-8*mib {
+		t.Fatalf("first sample working set %d", got)
+	}
+	// inactive_file changes; usage moves by less than maxDelta: reused.
+	write("memory.stat", "inactive_file 0\n")
+	write("memory.current", strconv.Itoa(71*mib))
+	if got := ws(); got != 71*mib-8*mib {
+		t.Errorf("working set %d, want the cached inactive_file subtracted", got)
+	}
+	// usage moves by more than maxDelta: re-read.
+	write("memory.current", strconv.Itoa(80*mib))
+	if got := ws(); got != 80*mib {
+		t.Errorf("working set %d, want memory.stat re-read", got)
 	}
 }

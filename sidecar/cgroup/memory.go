@@ -98,6 +98,27 @@ type Memory struct {
 	// usage is required; the others are nil when the file does not exist.
 	usage, limit, stat, events, peak, high *os.File
 	buf                                    []byte
+
+	// memory.stat is the costliest file to generate (v1 walks the
+	// hierarchy); with a refresh policy its values are reused while fresh.
+	statMaxAge   time.Duration
+	statMaxDelta uint64
+	statAt       time.Time
+	statUsage    uint64
+	inactive     uint64
+	hierLimit    uint64
+}
+
+// SetStatRefresh lets Sample reuse the inactive-file figure (and v1's
+// hierarchical limit) from memory.stat for up to maxAge, as long as usage
+// moved less than maxDelta bytes since it was read. Inactive file pages
+// change slowly while a leak moves usage, so this keeps the working set
+// exact when it matters and makes idle samples cheap. The default (zero)
+// reads memory.stat on every sample.
+func (m *Memory) SetStatRefresh(maxAge time.Duration, maxDelta uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.statMaxAge, m.statMaxDelta = maxAge, maxDelta
 }
 
 // Open opens the memory cgroup at dir, detecting its version.
@@ -269,28 +290,34 @@ func (m *Memory) Sample() (Sample, error) {
 // sampleStat derives the working set (and v1's hierarchical limit, which
 // is lower than the group's own when an ancestor, e.g. the pod, is limited).
 func (m *Memory) sampleStat(s *Sample) error {
-	b, err := m.read(m.stat, m.names.stat)
-	if err != nil {
-		return err
-	}
-	inactive, rank := uint64(0), len(m.names.inactive)
-	err = eachKeyed(b, func(k []byte, v uint64) {
-		for i, name := range m.names.inactive {
-			if i < rank && string(k) == name {
-				inactive, rank = v, i
-			}
+	delta := max(s.Usage, m.statUsage) - min(s.Usage, m.statUsage)
+	fresh := !m.statAt.IsZero() && s.Time.Sub(m.statAt) < m.statMaxAge && delta < m.statMaxDelta
+	if !fresh {
+		b, err := m.read(m.stat, m.names.stat)
+		if err != nil {
+			return err
 		}
-		if m.version == V1 && string(k) == "hierarchical_memory_limit" {
-			if l := limitValue(v, false); l != 0 && (s.Limit == 0 || l < s.Limit) {
-				s.Limit = l
+		inactive, rank, hier := uint64(0), len(m.names.inactive), uint64(0)
+		err = eachKeyed(b, func(k []byte, v uint64) {
+			for i, name := range m.names.inactive {
+				if i < rank && string(k) == name {
+					inactive, rank = v, i
+				}
 			}
+			if m.version == V1 && string(k) == "hierarchical_memory_limit" {
+				hier = limitValue(v, false)
+			}
+		})
+		if err != nil {
+			return m.wrap(m.names.stat, err)
 		}
-	})
-	if err != nil {
-		return m.wrap(m.names.stat, err)
+		m.inactive, m.hierLimit, m.statAt, m.statUsage = inactive, hier, s.Time, s.Usage
 	}
-	if inactive < s.Usage {
-		s.WorkingSet = s.Usage - inactive
+	if m.hierLimit != 0 && (s.Limit == 0 || m.hierLimit < s.Limit) {
+		s.Limit = m.hierLimit
+	}
+	if m.inactive < s.Usage {
+		s.WorkingSet = s.Usage - m.inactive
 	} else {
 		s.WorkingSet = 0
 	}

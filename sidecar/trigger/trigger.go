@@ -87,6 +87,12 @@ type Options struct {
 	// Interval is the base sampling interval (default 100 ms) and
 	// MinInterval the fastest (default 10 ms).
 	Interval, MinInterval time.Duration
+	// IdleInterval, when longer than Interval, is used instead while usage
+	// is steady (moving less than 1 % of the limit per second) and more
+	// than 5 points below the next level. Only for callers woken by kernel
+	// notifications at every level of Levels: a crossing then wakes them
+	// at once, and an idle container costs a wakeup per IdleInterval.
+	IdleInterval time.Duration
 }
 
 func (o Options) withDefaults() Options {
@@ -122,8 +128,8 @@ func (o Options) withDefaults() Options {
 func (o Options) Watches(limit uint64) bool { return limit > 0 || o.Absolute > 0 }
 
 // Levels returns the usage levels, in bytes and ascending, at which a
-// kernel notification should wake the watcher: every rung, every growth
-// step and the absolute threshold. Registering them all at once means a
+// kernel notification should wake the watcher: every rung and its re-arm
+// level, every growth step and the absolute threshold. Registering them all at once means a
 // crossing is never missed while a registration moves.
 func (o Options) Levels(limit uint64) []uint64 {
 	o = o.withDefaults()
@@ -139,6 +145,7 @@ func (o Options) Levels(limit uint64) []uint64 {
 	if limit > 0 {
 		for _, t := range o.Thresholds {
 			add(pctBytes(limit, t))
+			add(pctBytes(limit, t-o.Hysteresis)) // where the rung re-arms
 		}
 		for p := o.GrowthFloor; p < 100; p += o.GrowthStep {
 			add(pctBytes(limit, p))
@@ -432,11 +439,11 @@ func (t *Trigger) eta(usage, limit uint64) (time.Duration, bool) {
 }
 
 // NextInterval says how long to wait before the next sample: the base
-// interval normally, faster as usage approaches the next level that could
-// fire (a rung, a growth step, the absolute threshold or the limit) or
-// grows fast: a quarter of the predicted time to that level, and at most a
-// quarter of the base interval within 5 points of it, never below
-// MinInterval.
+// interval normally (IdleInterval while steady, see Options), faster as
+// usage approaches the next level that could fire (a rung, a growth step,
+// the absolute threshold or the limit) or grows fast: a quarter of the
+// predicted time to that level, and at most a quarter of the base interval
+// within 5 points of it, never below MinInterval.
 func (t *Trigger) NextInterval() time.Duration {
 	iv := t.o.Interval
 	usage := t.last.u
@@ -446,23 +453,30 @@ func (t *Trigger) NextInterval() time.Duration {
 			next = level
 		}
 	}
+	scale := float64(t.o.Absolute) // what "1 %" and "5 points" are of
 	if t.limit > 0 {
 		l := float64(t.limit)
+		scale = l
 		for _, r := range t.o.Thresholds {
 			consider(l * r / 100)
 		}
 		consider(l * math.Max(t.growthHW+t.o.GrowthStep, t.o.GrowthFloor) / 100)
 		consider(l)
-		if next-usage < l*0.05 {
-			iv = min(iv, t.o.Interval/4)
-		}
 	}
 	if t.o.Absolute > 0 {
 		consider(float64(t.o.Absolute))
 	}
-	if r, ok := t.rate(); ok && r > 0 && !math.IsInf(next, 1) {
+	near := next-usage < scale*0.05
+	if near {
+		iv = min(iv, t.o.Interval/4)
+	}
+	r, ok := t.rate()
+	if ok && r > 0 && !math.IsInf(next, 1) {
 		eta := time.Duration((next - usage) / r / 4 * float64(time.Second))
 		iv = min(iv, eta)
+	}
+	if t.o.IdleInterval > iv && ok && !near && math.Abs(r) < scale*0.01 {
+		iv = t.o.IdleInterval
 	}
 	return max(iv, t.o.MinInterval)
 }

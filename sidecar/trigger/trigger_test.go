@@ -210,7 +210,7 @@ func TestHeldCap(t *testing.T) {
 func TestLevels(t *testing.T) {
 	o := Options{Thresholds: []float64{60, 75, 90}, Absolute: 10 * mib}
 	got := o.Levels(100 * mib)
-	want := []float64{10, 30, 40, 50, 60, 70, 75, 80, 90}
+	want := []float64{10, 30, 40, 50, 55, 60, 70, 75, 80, 85, 90}
 	if len(got) != len(want) {
 		t.Fatalf("Levels = %v", got)
 	}
@@ -250,5 +250,26 @@ func TestNextInterval(t *testing.T) {
 	tr.Observe(clk.at(110*time.Millisecond), 29*mib, limit)
 	if iv := tr.NextInterval(); iv != 10*time.Millisecond {
 		t.Errorf("about to cross: %v, want MinInterval", iv)
+	}
+
+	o.IdleInterval = time.Second
+	tr = New(o)
+	tr.Observe(clk.at(0), 10*mib, limit)
+	if iv := tr.NextInterval(); iv != 100*time.Millisecond {
+		t.Errorf("one sample: %v, want the base interval until the rate is known", iv)
+	}
+	tr.Observe(clk.at(100*time.Millisecond), 10*mib, limit)
+	if iv := tr.NextInterval(); iv != time.Second {
+		t.Errorf("steady far from levels: %v, want IdleInterval", iv)
+	}
+	tr.Observe(clk.at(200*time.Millisecond), 11*mib, limit) // 1 MiB in 100 ms: 10 %/s
+	if iv := tr.NextInterval(); iv != 100*time.Millisecond {
+		t.Errorf("growing: %v, want the base interval", iv)
+	}
+	tr = New(o)
+	tr.Observe(clk.at(0), 28*mib, limit)
+	tr.Observe(clk.at(100*time.Millisecond), 28*mib, limit)
+	if iv := tr.NextInterval(); iv != 25*time.Millisecond {
+		t.Errorf("steady but near a level: %v, want a quarter interval", iv)
 	}
 }

@@ -153,6 +153,7 @@ func (c *watched) tick(detected time.Time) error {
 			c.c.Notify = mode
 			c.mu.Unlock()
 			ct.Notify = mode
+			c.trig = trigger.New(c.w.triggerFor(mode)) // no idle stretching without notifications
 			c.w.logPollOnce(ct, c.notifier.Reason())
 		}
 	}

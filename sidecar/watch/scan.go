@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/heapwatch/heapwatch/sidecar/cgroup"
 	"github.com/heapwatch/heapwatch/sidecar/procfs"
@@ -163,6 +164,9 @@ func (w *Watcher) start(ctx context.Context, wg *sync.WaitGroup, key, path strin
 		w.log.Warn("read memory cgroup", "container", name, "cgroup", dir, "err", err)
 		return
 	}
+	// Idle samples reuse memory.stat for a second; a move of 1 % of the
+	// limit (1 MiB without one) re-reads it.
+	mem.SetStatRefresh(time.Second, max(s.Limit/100, 1<<20))
 	if !w.o.Trigger.Watches(s.Limit) {
 		mem.Close()
 		w.ignored[key] = true
@@ -175,7 +179,7 @@ func (w *Watcher) start(ctx context.Context, wg *sync.WaitGroup, key, path strin
 		w.log.Warn("memory notifications", "container", name, "err", err)
 		return
 	}
-	c := &watched{w: w, mem: mem, notifier: n, trig: trigger.New(w.o.Trigger), key: key,
+	c := &watched{w: w, mem: mem, notifier: n, trig: trigger.New(w.triggerFor(n.Mode())), key: key,
 		c:    Container{Name: name, CgroupPath: dir, PIDs: members, Version: version, Notify: n.Mode()},
 		last: s, oomKills: s.OOMKills, pidsChanged: make(chan struct{}, 1)}
 	if n.Mode() == cgroup.ModePoll {

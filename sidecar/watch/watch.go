@@ -79,6 +79,11 @@ type Options struct {
 	// Rescan is how often the process list is re-read (default 1 s); it
 	// is also re-read at once when a container's processes vanish.
 	Rescan time.Duration
+	// IdleInterval is the sampling interval of a steady container far from
+	// any level when kernel threshold notifications (v1 eventfd) are
+	// registered at every level, so any crossing wakes the watcher at once
+	// (default 1 s; it never applies in poll or inotify mode).
+	IdleInterval time.Duration
 	// OnSample, if set, is called with every sample (for metrics); it
 	// must be cheap.
 	OnSample func(c Container, s Sample)
@@ -112,6 +117,9 @@ type Watcher struct {
 func New(o Options, fs procfs.FS, h Handler, log *slog.Logger) *Watcher {
 	if o.Rescan <= 0 {
 		o.Rescan = time.Second
+	}
+	if o.IdleInterval <= 0 {
+		o.IdleInterval = time.Second
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -190,4 +198,15 @@ func (w *Watcher) logPollOnce(c Container, reason error) {
 		return
 	}
 	w.log.Debug("kernel memory notifications unavailable", "container", c.Name, "reason", reason)
+}
+
+// triggerFor returns the trigger options for a container notified in mode.
+func (w *Watcher) triggerFor(mode cgroup.Mode) trigger.Options {
+	o := w.o.Trigger
+	if mode == cgroup.ModeEventfd {
+		o.IdleInterval = w.o.IdleInterval
+	} else {
+		o.IdleInterval = 0
+	}
+	return o
 }
