@@ -30,18 +30,31 @@ func main() {
 	}
 }
 
-func run(args []string) error {
-	cfg := webhook.DefaultConfig()
+// options are the command line: the webhook's configuration plus what only
+// the binary needs.
+type options struct {
+	cfg        webhook.Config
+	selfSigned string
+	logLevel   string
+}
+
+func newFlagSet(o *options) *flag.FlagSet {
 	fs := flag.NewFlagSet("heapwatch-webhook", flag.ContinueOnError)
-	cfg.AddFlags(fs)
-	selfSigned := fs.String("self-signed", "",
+	o.cfg.AddFlags(fs)
+	fs.StringVar(&o.selfSigned, "self-signed", o.selfSigned,
 		"for local runs only: write a fresh self-signed CA and serving certificate for these comma-separated hosts into --cert-dir (ca.crt is the caBundle)")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
+	fs.StringVar(&o.logLevel, "log-level", o.logLevel, "debug, info, warn or error")
+	return fs
+}
+
+func run(args []string) error {
+	o := options{cfg: webhook.DefaultConfig(), logLevel: "info"}
+	if err := newFlagSet(&o).Parse(args); err != nil {
 		return err
 	}
+	cfg := o.cfg
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
@@ -49,8 +62,8 @@ func run(args []string) error {
 	ctrl.SetLogger(logr.FromSlogHandler(log.Handler()))
 	klog.SetSlogLogger(log)
 
-	if *selfSigned != "" {
-		hosts := strings.Split(*selfSigned, ",")
+	if o.selfSigned != "" {
+		hosts := strings.Split(o.selfSigned, ",")
 		if _, err := certs.WriteSelfSigned(cfg.CertDir, hosts, 365*24*time.Hour); err != nil {
 			return fmt.Errorf("--self-signed: %w", err)
 		}
