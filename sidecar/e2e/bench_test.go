@@ -254,7 +254,7 @@ func BenchmarkSidecarPeakRSSUpload(b *testing.B) {
 }
 
 // bigCapture commits a capture with a heap profile of n bytes into a spool.
-func bigCapture(b *testing.B, dir string, n int64) *capture.Metadata {
+func bigCapture(b testing.TB, dir string, n int64) *capture.Metadata {
 	sp, err := spool.Open(dir, spool.Options{MaxBytes: 2 * n})
 	if err != nil {
 		b.Fatal(err)
