@@ -309,8 +309,8 @@ func (w *worker) capture(r Request) {
 		w.c.o.Metrics.Capture(r.Container, r.Kind, metrics.OutcomeNoPprof)
 		return
 	}
-	for _, ep := range targets {
-		if err := w.captureFrom(r, ep); err != nil {
+	for i, ep := range targets {
+		if err := w.captureFrom(r, ep, i == 0); err != nil {
 			w.c.o.Metrics.Capture(r.Container, r.Kind, metrics.OutcomeFailed)
 			w.log.Error("capture failed", "trigger", r.Kind, "pid", ep.PID, "addr", ep.Addr, "err", err)
 			w.c.o.Pprof.Forget(ep)
@@ -384,7 +384,9 @@ func (w *worker) endpoint(pid int) (pprof.Endpoint, bool) {
 	return pe.ep, pe.ok
 }
 
-func (w *worker) captureFrom(r Request, ep pprof.Endpoint) error {
+// captureFrom captures one process; first says whether it is the
+// request's first fetch, the one detection latency is measured to.
+func (w *worker) captureFrom(r Request, ep pprof.Endpoint, first bool) error {
 	o := w.c.o
 	sw, err := o.Spool.Begin()
 	if err != nil {
@@ -396,7 +398,7 @@ func (w *worker) captureFrom(r Request, ep pprof.Endpoint) error {
 		start = w.lastTime.Add(time.Millisecond)
 	}
 	w.lastTime = start.Truncate(time.Millisecond)
-	if !r.DetectedAt.IsZero() {
+	if first && !r.DetectedAt.IsZero() {
 		o.Metrics.DetectionLatency(start.Sub(r.DetectedAt))
 	}
 	meta := &capture.Metadata{

@@ -1,14 +1,18 @@
 package collect
 
 import (
+	"bytes"
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	_ "net/http/pprof" // the test process serves pprof on DefaultServeMux
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -269,5 +273,69 @@ func TestPodFromEnv(t *testing.T) {
 	got := PodFromEnv(none)
 	if got.Name != host || got.Node != host || got.Namespace == "" {
 		t.Errorf("fallback = %+v, want hostname %q", got, host)
+	}
+}
+
+// logBuffer collects the collector's JSON log lines.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) count(msg string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Count(l.b.String(), `"msg":"`+msg+`"`)
+}
+
+func TestSeenDiscoversAheadAndLogsMissingPprofOnce(t *testing.T) {
+	logs := &logBuffer{}
+	f := newFixture(t, nil)
+	f.c.o.Log = slog.New(slog.NewJSONHandler(logs, nil))
+
+	// The test process serves pprof: found from the samples alone.
+	f.c.Seen("app", []int{os.Getpid()})
+	waitLog(t, logs, "pprof endpoint found", 1)
+	if ids, _ := f.spool.Pending(); len(ids) != 0 {
+		t.Errorf("discovery captured: %v", ids)
+	}
+
+	// A process without any listening port: logged once, however often
+	// it is seen or triggered.
+	sleeper := exec.Command("sleep", "30")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sleeper.Process.Kill(); _ = sleeper.Wait() }()
+	pids := []int{sleeper.Process.Pid}
+	f.c.Seen("quiet", pids)
+	waitLog(t, logs, "no pprof endpoint found in container; captures will be skipped until one appears", 1)
+	for range 3 {
+		f.c.Seen("quiet", pids)
+		f.c.Enqueue(Request{Container: "quiet", PIDs: pids, Kind: "threshold-60"})
+	}
+	f.c.Close(5 * time.Second)
+	if n := logs.count("no pprof endpoint found in container; captures will be skipped until one appears"); n != 1 {
+		t.Errorf("missing pprof logged %d times, want once", n)
+	}
+	if ids, _ := f.spool.Pending(); len(ids) != 0 {
+		t.Errorf("captured from a container without pprof: %v", ids)
+	}
+}
+
+func waitLog(t *testing.T, logs *logBuffer, msg string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for logs.count(msg) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q log within 10s", msg)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
