@@ -145,44 +145,6 @@ func NewClient(opts Options) *Client {
 // Path is the configured pprof path.
 func (c *Client) Path() string { return c.opts.Path }
 
-// Probe returns the endpoints that serve pprof, in the order given. Ports
-// are probed concurrently (bounded); answers are cached per process and port.
-func (c *Client) Probe(ctx context.Context, eps []Endpoint) []Endpoint {
-	ok := make([]bool, len(eps))
-	sem := make(chan struct{}, c.opts.ProbeConcurrency)
-	var wg sync.WaitGroup
-	for i, ep := range eps {
-		if v, hit := c.lookup(ep); hit {
-			ok[i] = v
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				return
-			}
-			defer func() { <-sem }()
-			err := c.ProbeOne(ctx, ep.Addr)
-			if ctx.Err() != nil {
-				return // our own cancellation says nothing about the port
-			}
-			ok[i] = err == nil
-			c.store(ep, ok[i])
-		}()
-	}
-	wg.Wait()
-	var out []Endpoint
-	for i, ep := range eps {
-		if ok[i] {
-			out = append(out, ep)
-		}
-	}
-	return out
-}
-
 // Find returns one endpoint that serves pprof. A cached positive answer is
 // returned without any request, so a capture never waits on the probes of
 // other ports; otherwise the uncached ports are probed concurrently and the
@@ -339,6 +301,3 @@ func (c *Client) get(ctx context.Context, addr, path string) (*http.Response, er
 	}
 	return resp, nil
 }
-
-// CloseIdle closes idle connections, e.g. when a process is gone.
-func (c *Client) CloseIdle() { c.http.CloseIdleConnections() }

@@ -160,7 +160,6 @@ func TestProbeOne(t *testing.T) {
 			o := fast
 			o.Path = tt.path
 			c := NewClient(o)
-			defer c.CloseIdle()
 			start := time.Now()
 			err := c.ProbeOne(context.Background(), tt.addr(t))
 			if (err != nil) != tt.wantErr {
@@ -174,16 +173,14 @@ func TestProbeOne(t *testing.T) {
 	}
 }
 
-func TestProbeConcurrentAndCached(t *testing.T) {
+func TestFindBoundedAndCached(t *testing.T) {
 	good := pprofServer(t, "tcp", "/debug/pprof")
-	good6 := pprofServer(t, "tcp6", "/debug/pprof")
 	eps := []Endpoint{
 		{PID: 1, Addr: rawServer(t, silent)},
 		{PID: 1, Addr: rawServer(t, silent)},
 		{PID: 1, Addr: rawServer(t, slowHeader)},
 		{PID: 1, Addr: rawServer(t, garbage)},
 		{PID: 1, Addr: good},
-		{PID: 2, Addr: good6},
 	}
 	o := fast
 	o.ProbeConcurrency = 2
@@ -191,21 +188,37 @@ func TestProbeConcurrentAndCached(t *testing.T) {
 	now := time.Now()
 	c.now = func() time.Time { return now } // fakeClock for the negative TTL
 	start := time.Now()
-	got := c.Probe(context.Background(), eps)
-	// Three hanging ports, two at a time: two probe timeouts at most.
+	ep, ok := c.Find(context.Background(), eps)
+	// Three hanging ports, two at a time, before the good one at worst.
 	if d := time.Since(start); d > 2*o.ProbeTimeout+500*time.Millisecond {
-		t.Errorf("Probe took %v", d)
+		t.Errorf("Find took %v", d)
 	}
-	if len(got) != 2 || got[0].Addr != good || got[1].Addr != good6 {
-		t.Fatalf("Probe = %+v, want the two pprof servers", got)
+	if !ok || ep.Addr != good {
+		t.Fatalf("Find = %+v, %v; want %s", ep, ok, good)
 	}
-	// Cached: hanging ports are not dialled again within the negative TTL.
+	// Once every probe has ended, each port's answer is cached.
+	deadline := time.Now().Add(3 * o.ProbeTimeout)
+	for _, e := range eps {
+		for {
+			if _, hit := c.lookup(e); hit {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no cached answer for %s", e.Addr)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// Cached: nothing is dialled again, the hanging ports cost nothing.
 	start = time.Now()
-	if again := c.Probe(context.Background(), eps); len(again) != 2 {
-		t.Errorf("cached Probe = %+v", again)
+	if _, ok := c.Find(context.Background(), eps[:4]); ok {
+		t.Error("Find found pprof among ports known not to serve it")
+	}
+	if ep, ok := c.Find(context.Background(), eps); !ok || ep.Addr != good {
+		t.Errorf("cached Find = %+v, %v", ep, ok)
 	}
 	if d := time.Since(start); d > 100*time.Millisecond {
-		t.Errorf("cached Probe took %v", d)
+		t.Errorf("cached Find took %v", d)
 	}
 	// A new process on the same PID (other start time) is probed afresh.
 	if _, hit := c.lookup(Endpoint{PID: 1, StartTime: 99, Addr: good}); hit {
@@ -298,7 +311,7 @@ func TestFetchBounded(t *testing.T) {
 }
 
 func TestFindReturnsFirstPprofWithoutWaitingForHangingPorts(t *testing.T) {
-	good := pprofServer(t, "tcp", "/debug/pprof")
+	good := pprofServer(t, "tcp6", "/debug/pprof")
 	eps := []Endpoint{
 		{PID: 7, Addr: rawServer(t, silent)},
 		{PID: 7, Addr: rawServer(t, slowHeader)},
@@ -312,20 +325,5 @@ func TestFindReturnsFirstPprofWithoutWaitingForHangingPorts(t *testing.T) {
 	}
 	if d := time.Since(start); d >= fast.ProbeTimeout {
 		t.Errorf("Find waited %v for the hanging ports", d)
-	}
-	// The background probes still record the hanging ports as negative.
-	deadline := time.Now().Add(2 * fast.ProbeTimeout)
-	for {
-		ok, hit := c.lookup(eps[0])
-		if hit && !ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("silent port never cached as not pprof")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if _, ok := c.Find(context.Background(), eps[:2]); ok {
-		t.Error("Find found pprof among ports known not to serve it")
 	}
 }
