@@ -1,7 +1,6 @@
 package watch
 
 import (
-	"context"
 	"os"
 	"slices"
 	"strconv"
@@ -63,6 +62,39 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// cpuOver returns this process's CPU time over d of sleeping, in percent
+// of one core.
+func cpuOver(d time.Duration) float64 {
+	c0, t0 := cpuTime(), time.Now()
+	time.Sleep(d)
+	return 100 * (cpuTime() - c0).Seconds() / time.Since(t0).Seconds()
+}
+
+// cpuPercent averages cpuOver 3 s per benchmark iteration.
+func cpuPercent(b *testing.B) float64 {
+	var sum float64
+	n := 0
+	for b.Loop() {
+		sum += cpuOver(3 * time.Second)
+		n++
+	}
+	b.ReportMetric(0, "ns/op")
+	return sum / float64(n)
+}
+
+// watchOne starts w and waits until it watches a container.
+func watchOne(b *testing.B, w *Watcher) Status {
+	startWatcher(b, w)
+	deadline := time.Now().Add(5 * time.Second)
+	for len(w.Snapshot()) == 0 {
+		if time.Now().After(deadline) {
+			b.Fatal("container not watched")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return w.Snapshot()[0]
+}
+
 // podView is the /proc of an emulated pod's PID namespace: what a sidecar
 // in that pod sees (its own processes only, PID 1 the pause-like init).
 func podView(b *testing.B, app *cgrouptest.App) procfs.FS {
@@ -89,34 +121,14 @@ func BenchmarkWatcherCPU(b *testing.B) {
 			b.Run("interval="+iv.String()+"/"+mode, func(b *testing.B) {
 				app := cgrouptest.Start(b, uniqueName("cpu"), 256*mib, readOnly, cgrouptest.Alloc{StepMiB: 1, Every: time.Second, TotalMiB: 1})
 				fsys := podView(b, app)
-				c0, t0 := cpuTime(), time.Now()
-				time.Sleep(2 * time.Second)
-				idle := 100 * (cpuTime() - c0).Seconds() / time.Since(t0).Seconds()
+				idle := cpuOver(2 * time.Second)
 				w := New(Options{Trigger: trigger.Options{Thresholds: []float64{60, 75, 90}, Interval: iv, MinInterval: iv}}, fsys, nopHandler{}, nil)
-				ctx, cancel := context.WithCancel(context.Background())
-				done := make(chan error, 1)
-				go func() { done <- w.Run(ctx) }()
-				defer func() { cancel(); <-done }()
-				deadline := time.Now().Add(5 * time.Second)
-				for len(w.Snapshot()) == 0 {
-					if time.Now().After(deadline) {
-						b.Fatal("container not watched")
-					}
-					time.Sleep(10 * time.Millisecond)
-				}
-				if got := w.Snapshot()[0].Container.Notify; string(got) != mode {
+				if got := watchOne(b, w).Container.Notify; string(got) != mode {
 					b.Fatalf("mode %s, want %s", got, mode)
 				}
-				var cpu, wall time.Duration
-				for b.Loop() {
-					c0, t0 := cpuTime(), time.Now()
-					time.Sleep(3 * time.Second)
-					cpu += cpuTime() - c0
-					wall += time.Since(t0)
-				}
-				b.ReportMetric(100*cpu.Seconds()/wall.Seconds(), "%cpu")
+				time.Sleep(2 * time.Second) // past start-up: first samples, registration, rate known
+				b.ReportMetric(cpuPercent(b), "%cpu")
 				b.ReportMetric(idle, "idle-%cpu")
-				b.ReportMetric(0, "ns/op")
 			})
 		}
 	}
@@ -141,15 +153,7 @@ func BenchmarkTickerFloor(b *testing.B) {
 					}
 				}
 			}()
-			var cpu, wall time.Duration
-			for b.Loop() {
-				c0, t0 := cpuTime(), time.Now()
-				time.Sleep(3 * time.Second)
-				cpu += cpuTime() - c0
-				wall += time.Since(t0)
-			}
-			b.ReportMetric(100*cpu.Seconds()/wall.Seconds(), "%cpu")
-			b.ReportMetric(0, "ns/op")
+			b.ReportMetric(cpuPercent(b), "%cpu")
 		})
 	}
 }
@@ -178,18 +182,7 @@ func BenchmarkDetectionLatency(b *testing.B) {
 	rec := latencyRecorder{c: make(chan capture, 64)}
 	w := New(Options{Trigger: trigger.Options{Thresholds: []float64{10}, GrowthFloor: 99, Interval: 100 * time.Millisecond}},
 		podView(b, app), rec, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	deadline := time.Now().Add(5 * time.Second)
-	for len(w.Snapshot()) == 0 {
-		if time.Now().After(deadline) {
-			b.Fatal("container not watched")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if m := w.Snapshot()[0].Container.Notify; m != cgroup.ModeEventfd {
+	if m := watchOne(b, w).Container.Notify; m != cgroup.ModeEventfd {
 		b.Fatalf("notification mode %s, want eventfd", m)
 	}
 	app.Go(b)

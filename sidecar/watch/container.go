@@ -49,13 +49,7 @@ type watched struct {
 	errLogged   string
 }
 
-func (c *watched) container() Container {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ct := c.c
-	ct.PIDs = slices.Clone(ct.PIDs)
-	return ct
-}
+func (c *watched) container() Container { return c.status().Container }
 
 func (c *watched) status() Status {
 	c.mu.Lock()

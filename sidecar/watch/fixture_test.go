@@ -1,7 +1,6 @@
 package watch
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -77,8 +76,7 @@ func TestFixtureV2(t *testing.T) {
 	}
 	rec := &recorder{}
 	w := New(Options{Rescan: 50 * time.Millisecond, Trigger: trigger.Options{Thresholds: []float64{75}, GrowthFloor: 99}}, fsys, rec, testLogger(t))
-	stop := runFixture(t, w)
-	defer stop()
+	startWatcher(t, w)
 	waitFor(t, 5*time.Second, "the app to be watched", func() bool { _, ok := find(w, "app"); return ok })
 	if snap := w.Snapshot(); len(snap) != 1 {
 		t.Fatalf("watching %+v, want only the app", snap)
@@ -106,17 +104,5 @@ func TestFixtureV2(t *testing.T) {
 	waitFor(t, 5*time.Second, "the app to be dropped", func() bool { _, ok := find(w, "app"); return !ok })
 	if _, k := rec.snapshot(); len(k) != 1 || k[0].last.Usage != 80*mib {
 		t.Errorf("kills %+v, want one with the pre-kill sample", k)
-	}
-}
-
-func runFixture(t *testing.T, w *Watcher) func() {
-	done := make(chan error, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { done <- w.Run(ctx) }()
-	return func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
 	}
 }

@@ -94,7 +94,11 @@ func runWatcher(t testing.TB, o Options, h Handler) *Watcher {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := New(o, fsys, h, testLogger(t))
+	return startWatcher(t, New(o, fsys, h, testLogger(t)))
+}
+
+// startWatcher runs w until the test ends.
+func startWatcher(t testing.TB, w *Watcher) *Watcher {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
