@@ -44,6 +44,10 @@ lint: ## gofmt and go vet.
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	go vet ./...
 
+.PHONY: demo
+demo: ## See the main job: a leaky app OOM-killed in an emulated pod, its heap profile captured (root; STORAGE=file|s3).
+	go run ./examples/demo -storage $(STORAGE) -dumps $(CURDIR)/heapwatch-dumps
+
 .PHONY: test
 test: lint envtest versitygw ## Lint, then run every unit, integration and end-to-end test (root for the cgroup tests).
 	$(TEST_ENV) go test -race -p 1 -timeout $(TEST_TIMEOUT) ./...
