@@ -66,9 +66,11 @@ func (w *Watcher) scan(ctx context.Context, wg *sync.WaitGroup) {
 			delete(w.procs, pid)
 		}
 	}
-	for key := range w.ignored {
-		if _, ok := groups[key]; !ok {
-			delete(w.ignored, key)
+	for _, m := range []map[string]bool{w.ignored, w.failed} {
+		for key := range m {
+			if _, ok := groups[key]; !ok {
+				delete(m, key)
+			}
 		}
 	}
 	for key, members := range groups {
@@ -149,15 +151,28 @@ func (w *Watcher) start(ctx context.Context, wg *sync.WaitGroup, key, path strin
 			break
 		}
 	}
-	if err != nil {
-		w.log.Debug("memory cgroup not readable yet", "container", name, "err", err)
+	if err == nil {
+		var mem *cgroup.Memory
+		if mem, err = cgroup.Open(dir); err == nil {
+			delete(w.failed, key)
+			w.watch(ctx, wg, key, name, dir, version, members, mem)
+			return
+		}
+	}
+	// A process may not be set up yet; a permission error stays: say it
+	// once, loudly (reading /proc/<pid>/root needs CAP_SYS_PTRACE when the
+	// app runs as another user).
+	if w.failed[key] {
+		w.log.Debug("memory cgroup not readable", "container", name, "err", err)
 		return
 	}
-	mem, err := cgroup.Open(dir)
-	if err != nil {
-		w.log.Debug("open memory cgroup", "container", name, "err", err)
-		return
-	}
+	w.failed[key] = true
+	w.log.Warn("memory cgroup not readable; retrying at every rescan", "container", name, "err", err)
+}
+
+// watch takes the first sample of an opened cgroup and starts the
+// container's loop.
+func (w *Watcher) watch(ctx context.Context, wg *sync.WaitGroup, key, name, dir string, version cgroup.Version, members []int, mem *cgroup.Memory) {
 	s, err := mem.Sample()
 	if err != nil {
 		mem.Close()
