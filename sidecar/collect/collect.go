@@ -180,14 +180,27 @@ func (c *Collector) Enqueue(r Request) {
 		return
 	}
 	w.mu.Lock()
-	if w.pending != nil {
-		c.o.Metrics.Capture(r.Container, w.pending.Kind, metrics.OutcomeCoalesced)
-		// One capture serves both; it is held only if both asked for that.
-		r.Hold = r.Hold && w.pending.Hold
-	}
-	w.pending = &r
+	var dropped *Request
+	w.pending, dropped = coalesce(w.pending, &r)
 	w.mu.Unlock()
+	if dropped != nil {
+		c.o.Metrics.Capture(r.Container, dropped.Kind, metrics.OutcomeCoalesced)
+	}
 	w.poke()
+}
+
+// coalesce merges a new request into the queued one: one capture serves
+// both, and it is shipped if either asked for that. The newer request wins,
+// except that a held one never displaces a shipped one.
+func coalesce(queued, r *Request) (keep, dropped *Request) {
+	switch {
+	case queued == nil:
+		return r, nil
+	case !queued.Hold && r.Hold:
+		return queued, r
+	default:
+		return r, queued
+	}
 }
 
 // Seen tells the collector a container's current processes, on every

@@ -339,3 +339,31 @@ func waitLog(t *testing.T, logs *logBuffer, msg string, n int) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestCoalesce(t *testing.T) {
+	shipped := func(kind string) *Request { return &Request{Kind: kind} }
+	held := func(kind string) *Request { return &Request{Kind: kind, Hold: true} }
+	tests := []struct {
+		name               string
+		queued, r          *Request
+		wantKeep, wantDrop string
+	}{
+		{"nothing queued", nil, shipped("predictive"), "predictive", ""},
+		{"newer shipped replaces shipped", shipped("threshold-60"), shipped("predictive"), "predictive", "threshold-60"},
+		{"shipped replaces held", held("growth"), shipped("predictive"), "predictive", "growth"},
+		{"held does not displace shipped", shipped("predictive"), held("growth"), "predictive", "growth"},
+		{"newer held replaces held", held("growth"), held("threshold-60"), "threshold-60", "growth"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			keep, dropped := coalesce(tt.queued, tt.r)
+			dropKind := ""
+			if dropped != nil {
+				dropKind = dropped.Kind
+			}
+			if keep.Kind != tt.wantKeep || dropKind != tt.wantDrop {
+				t.Errorf("coalesce = keep %q drop %q, want keep %q drop %q", keep.Kind, dropKind, tt.wantKeep, tt.wantDrop)
+			}
+		})
+	}
+}
