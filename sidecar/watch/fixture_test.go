@@ -106,3 +106,27 @@ func TestFixtureV2(t *testing.T) {
 		t.Errorf("kills %+v, want one with the pre-kill sample", k)
 	}
 }
+
+// TestFixtureVanishedNearLimit: processes that vanish while usage is near
+// the limit, with no oom_kill counter movement, are reported as one kill.
+func TestFixtureVanishedNearLimit(t *testing.T) {
+	root, cg := v2Pod(t)
+	fsys, err := procfs.NewFS(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	w := startWatcher(t, New(Options{Rescan: 50 * time.Millisecond, Trigger: trigger.Options{Thresholds: []float64{99}}}, fsys, rec, testLogger(t)))
+	waitFor(t, 5*time.Second, "the app to be watched", func() bool { _, ok := find(w, "app"); return ok })
+	if err := os.WriteFile(filepath.Join(cg, "memory.current"), []byte(strconv.Itoa(95*mib)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "a sample near the limit", func() bool { s, ok := find(w, "app"); return ok && s.Last.Usage == 95*mib })
+	if err := os.RemoveAll(filepath.Join(root, "20")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the app to be dropped", func() bool { _, ok := find(w, "app"); return !ok })
+	if _, k := rec.snapshot(); len(k) != 1 || k[0].last.Usage != 95*mib || k[0].c.Name != "app" {
+		t.Errorf("kills %+v, want one inferred kill with the last sample", k)
+	}
+}
