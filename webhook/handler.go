@@ -81,33 +81,51 @@ func (h *Handler) handle(req admission.Request) (admission.Response, string, str
 		log.Log(context.Background(), level, "sidecar not injected", "reason", res.Reason)
 		return admission.Allowed("").WithWarnings(res.Warnings...), outcomeSkipped, string(res.Reason)
 	}
-	raw, err := json.Marshal(mutated)
+	before, err := json.Marshal(touched(pod))
 	if err != nil {
-		err = fmt.Errorf("encoding the injected pod: %w", err)
-		log.Error("injection failed", "error", err)
-		return admission.Errored(http.StatusInternalServerError, err), outcomeError, reasonEncode
+		return encodeError(log, err)
 	}
-	resp := withoutRemovals(admission.PatchResponseFromRaw(req.Object.Raw, raw))
+	after, err := json.Marshal(touched(mutated))
+	if err != nil {
+		return encodeError(log, err)
+	}
 	log.Info("sidecar injected", "warnings", res.Warnings)
-	return resp.WithWarnings(res.Warnings...), outcomeInjected, reasonNone
+	return admission.PatchResponseFromRaw(before, after).WithWarnings(res.Warnings...), outcomeInjected, reasonNone
 }
 
-// withoutRemovals drops "remove" operations from the patch. Injection only
-// adds and replaces; a removal can only come from the typed round trip
-// losing a field this build does not know (a newer API server's pod field),
-// and that field must survive.
-func withoutRemovals(resp admission.Response) admission.Response {
-	kept := resp.Patches[:0]
-	for _, op := range resp.Patches {
-		if op.Operation != "remove" {
-			kept = append(kept, op)
-		}
-	}
-	resp.Patches = kept
-	if len(kept) == 0 {
-		resp.PatchType = nil
-	}
-	return resp
+// touchedPod is the part of a pod that injection may change, at the same
+// JSON paths as in the pod. The patch is computed between this part of the
+// typed pod before and after injection, not from the request's raw JSON:
+// both sides then went through the same typed encoding, so the patch holds
+// only the injection, never a removal of a field this build does not know
+// (a newer API server's) or a re-encoding of an untouched one, and the
+// library diffs far less JSON.
+type touchedPod struct {
+	Metadata struct {
+		Annotations map[string]string `json:"annotations,omitempty"`
+	} `json:"metadata"`
+	Spec struct {
+		ShareProcessNamespace *bool              `json:"shareProcessNamespace,omitempty"`
+		InitContainers        []corev1.Container `json:"initContainers,omitempty"`
+		Containers            []corev1.Container `json:"containers,omitempty"`
+		Volumes               []corev1.Volume    `json:"volumes,omitempty"`
+	} `json:"spec"`
+}
+
+func touched(p *corev1.Pod) touchedPod {
+	var t touchedPod
+	t.Metadata.Annotations = p.Annotations
+	t.Spec.ShareProcessNamespace = p.Spec.ShareProcessNamespace
+	t.Spec.InitContainers = p.Spec.InitContainers
+	t.Spec.Containers = p.Spec.Containers
+	t.Spec.Volumes = p.Spec.Volumes
+	return t
+}
+
+func encodeError(log *slog.Logger, err error) (admission.Response, string, string) {
+	err = fmt.Errorf("encoding the pod: %w", err)
+	log.Error("injection failed", "error", err)
+	return admission.Errored(http.StatusInternalServerError, err), outcomeError, reasonEncode
 }
 
 func podName(p *corev1.Pod) string {

@@ -3,6 +3,7 @@ package webhook
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -17,7 +18,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/heapwatch/heapwatch/sidecar/settings"
@@ -165,26 +165,64 @@ func TestHandlePatchesPod(t *testing.T) {
 	}
 }
 
-func TestHandleKeepsUnknownFields(t *testing.T) {
-	// A field from a newer API server than this build knows must survive
-	// the typed round trip.
-	raw := []byte(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"futureField":{"x":1},
-		"containers":[{"name":"app","image":"app:1","futureContainerField":true}]}}`)
-	resp := testHandler().Handle(context.Background(), request(raw, "team-a"))
-	var got map[string]any
-	if err := json.Unmarshal(applyPatch(t, raw, resp), &got); err != nil {
-		t.Fatal(err)
+// TestHandleRawShapes feeds pods whose JSON differs from what this build
+// would encode: unknown fields from a newer API server, explicit nulls and
+// empty objects. The patch must apply to that raw JSON and keep the rest.
+func TestHandleRawShapes(t *testing.T) {
+	tests := []struct {
+		name string
+		raw  string
+	}{
+		{"unknown fields", `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","futureMeta":1},"spec":{"futureField":{"x":1},
+			"containers":[{"name":"app","image":"app:1","futureContainerField":true}]}}`},
+		{"nulls", `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","annotations":null},"spec":{"shareProcessNamespace":null,
+			"initContainers":null,"volumes":null,"containers":[{"name":"app","image":"app:1","env":null}]}}`},
+		{"empty objects", `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","annotations":{}},"spec":{"initContainers":[],"volumes":[],
+			"containers":[{"name":"app","image":"app:1","env":[],"resources":{}}]},"status":{}}`},
 	}
-	spec := got["spec"].(map[string]any)
-	if spec["futureField"] == nil {
-		t.Error("spec.futureField was removed")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			raw := []byte(tt.raw)
+			resp := testHandler().Handle(context.Background(), request(raw, "team-a"))
+			patched := applyPatch(t, raw, resp)
+			got := decodePod(t, patched)
+			if findContainer(got.Spec.InitContainers, inject.SidecarName) == nil || !*got.Spec.ShareProcessNamespace ||
+				got.Annotations[inject.StatusAnnotation] != inject.StatusInjected || len(got.Spec.Volumes) != 2 {
+				t.Fatalf("not injected: %s", patched)
+			}
+			if app := findContainer(got.Spec.Containers, "app"); app == nil || len(app.Env) != 1 || app.Env[0].Name != settings.ContainerNameEnv {
+				t.Errorf("app env after patch: %s", patched)
+			}
+			var before, after map[string]any
+			if err := json.Unmarshal(raw, &before); err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal(patched, &after); err != nil {
+				t.Fatal(err)
+			}
+			// Every field the injection does not own is untouched.
+			for _, path := range [][]string{{"metadata", "futureMeta"}, {"spec", "futureField"}, {"status"}} {
+				if b, a := dig(before, path...), dig(after, path...); fmt.Sprint(a) != fmt.Sprint(b) {
+					t.Errorf("%v changed from %v to %v", path, b, a)
+				}
+			}
+			c := dig(after, "spec", "containers").([]any)[0].(map[string]any)
+			if fc, ok := dig(before, "spec", "containers").([]any)[0].(map[string]any)["futureContainerField"]; ok && c["futureContainerField"] != fc {
+				t.Error("containers[0].futureContainerField changed")
+			}
+		})
 	}
-	if spec["containers"].([]any)[0].(map[string]any)["futureContainerField"] != true {
-		t.Error("containers[0].futureContainerField was removed")
+}
+
+func dig(v any, path ...string) any {
+	for _, p := range path {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = m[p]
 	}
-	if spec["shareProcessNamespace"] != true {
-		t.Error("not injected")
-	}
+	return v
 }
 
 func TestHandleSkipsWithoutPatch(t *testing.T) {
@@ -280,13 +318,5 @@ func TestHandleHugePod(t *testing.T) {
 	got := decodePod(t, applyPatch(t, raw, resp))
 	if len(got.Annotations["blob"]) != 3<<20 || findContainer(got.Spec.InitContainers, inject.SidecarName) == nil {
 		t.Error("huge pod not injected intact")
-	}
-}
-
-func TestWithoutRemovalsClearsPatchType(t *testing.T) {
-	resp := admission.PatchResponseFromRaw([]byte(`{"a":1,"b":2}`), []byte(`{"a":1}`))
-	got := withoutRemovals(resp)
-	if len(got.Patches) != 0 || got.PatchType != nil {
-		t.Errorf("patches=%v patchType=%v, want none", got.Patches, ptr.Deref(got.PatchType, ""))
 	}
 }
