@@ -65,10 +65,15 @@ func (c *watched) setPIDs(pids []int) {
 	c.c.PIDs = pids
 	c.mu.Unlock()
 	if changed {
-		select {
-		case c.pidsChanged <- struct{}{}:
-		default:
-		}
+		c.poke()
+	}
+}
+
+// poke makes the loop sample and check its processes at once.
+func (c *watched) poke() {
+	select {
+	case c.pidsChanged <- struct{}{}:
+	default:
 	}
 }
 

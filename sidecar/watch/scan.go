@@ -73,6 +73,15 @@ func (w *Watcher) scan(ctx context.Context, wg *sync.WaitGroup) {
 			}
 		}
 	}
+	// A watched container missing from the list may have exited: its loop
+	// checks its processes now rather than at its next (idle) sample.
+	w.mu.Lock()
+	for key, c := range w.containers {
+		if _, ok := groups[key]; !ok {
+			c.poke()
+		}
+	}
+	w.mu.Unlock()
 	for key, members := range groups {
 		if w.ignored[key] {
 			continue

@@ -82,7 +82,8 @@ type Options struct {
 	// IdleInterval is the sampling interval of a steady container far from
 	// any level when kernel threshold notifications (v1 eventfd) are
 	// registered at every level, so any crossing wakes the watcher at once
-	// (default 1 s; it never applies in poll or inotify mode).
+	// (default 2 s; it never applies in poll or inotify mode). Exits are
+	// still seen within one Rescan.
 	IdleInterval time.Duration
 	// OnSample, if set, is called with every sample (for metrics); it
 	// must be cheap.
@@ -120,7 +121,7 @@ func New(o Options, fs procfs.FS, h Handler, log *slog.Logger) *Watcher {
 		o.Rescan = time.Second
 	}
 	if o.IdleInterval <= 0 {
-		o.IdleInterval = time.Second
+		o.IdleInterval = 2 * time.Second
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
