@@ -9,6 +9,7 @@ import (
 
 	"github.com/heapwatch/heapwatch/sidecar/cgroup"
 	"github.com/heapwatch/heapwatch/sidecar/procfs"
+	"github.com/heapwatch/heapwatch/sidecar/settings"
 	"github.com/heapwatch/heapwatch/sidecar/trigger"
 )
 
@@ -135,7 +136,7 @@ func (w *Watcher) excluded(p procfs.Proc, self int) (bool, error) {
 // the container ID from the cgroup path.
 func (w *Watcher) name(members []int, path string) string {
 	for _, pid := range members {
-		if v, ok, err := w.fs.Proc(pid).Getenv(ContainerNameEnv); err == nil && ok && v != "" {
+		if v, ok, err := w.fs.Proc(pid).Getenv(settings.ContainerNameEnv); err == nil && ok && v != "" {
 			return v
 		}
 	}

@@ -17,10 +17,6 @@ import (
 	"github.com/heapwatch/heapwatch/sidecar/trigger"
 )
 
-// ContainerNameEnv is the variable the webhook injects into every watched
-// container so the sidecar can name it.
-const ContainerNameEnv = "HEAPWATCH_CONTAINER_NAME"
-
 // Container is one watched container: the processes sharing a memory
 // cgroup.
 type Container struct {
