@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -79,7 +80,7 @@ func applyPatch(t testing.TB, original []byte, resp admission.Response) []byte {
 	return out
 }
 
-func decodePod(t testing.TB, raw []byte) *corev1.Pod {
+func unmarshalPod(t testing.TB, raw []byte) *corev1.Pod {
 	t.Helper()
 	var p corev1.Pod
 	if err := json.Unmarshal(raw, &p); err != nil {
@@ -139,7 +140,7 @@ func TestHandlePatchesPod(t *testing.T) {
 			if !resp.Allowed {
 				t.Fatalf("not allowed: %+v", resp.Result)
 			}
-			got := decodePod(t, applyPatch(t, raw, resp))
+			got := unmarshalPod(t, applyPatch(t, raw, resp))
 			sc := findContainer(got.Spec.InitContainers, inject.SidecarName)
 			if sc == nil {
 				t.Fatal("no sidecar after patching")
@@ -169,10 +170,7 @@ func TestHandlePatchesPod(t *testing.T) {
 // would encode: unknown fields from a newer API server, explicit nulls and
 // empty objects. The patch must apply to that raw JSON and keep the rest.
 func TestHandleRawShapes(t *testing.T) {
-	tests := []struct {
-		name string
-		raw  string
-	}{
+	tests := []struct{ name, raw string }{
 		{"unknown fields", `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","futureMeta":1},"spec":{"futureField":{"x":1},
 			"containers":[{"name":"app","image":"app:1","futureContainerField":true}]}}`},
 		{"nulls", `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","annotations":null},"spec":{"shareProcessNamespace":null,
@@ -180,17 +178,22 @@ func TestHandleRawShapes(t *testing.T) {
 		{"empty objects", `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","annotations":{}},"spec":{"initContainers":[],"volumes":[],
 			"containers":[{"name":"app","image":"app:1","env":[],"resources":{}}]},"status":{}}`},
 	}
+	apiServer, err := os.ReadFile("testdata/apiserver-pod.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests = append(tests, struct{ name, raw string }{"as a real API server sends it", string(apiServer)})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			raw := []byte(tt.raw)
 			resp := testHandler().Handle(context.Background(), request(raw, "team-a"))
 			patched := applyPatch(t, raw, resp)
-			got := decodePod(t, patched)
+			got := unmarshalPod(t, patched)
 			if findContainer(got.Spec.InitContainers, inject.SidecarName) == nil || !*got.Spec.ShareProcessNamespace ||
-				got.Annotations[inject.StatusAnnotation] != inject.StatusInjected || len(got.Spec.Volumes) != 2 {
+				got.Annotations[inject.StatusAnnotation] != inject.StatusInjected {
 				t.Fatalf("not injected: %s", patched)
 			}
-			if app := findContainer(got.Spec.Containers, "app"); app == nil || len(app.Env) != 1 || app.Env[0].Name != settings.ContainerNameEnv {
+			if app := findContainer(got.Spec.Containers, "app"); app == nil || app.Env[len(app.Env)-1].Name != settings.ContainerNameEnv {
 				t.Errorf("app env after patch: %s", patched)
 			}
 			var before, after map[string]any
@@ -315,7 +318,7 @@ func TestHandleHugePod(t *testing.T) {
 	if !resp.Allowed || len(resp.Warnings) != 1 || len(resp.Warnings[0]) > 256 {
 		t.Fatalf("allowed=%v warnings=%d (first %d bytes), want allowed with one short warning", resp.Allowed, len(resp.Warnings), len(resp.Warnings[0]))
 	}
-	got := decodePod(t, applyPatch(t, raw, resp))
+	got := unmarshalPod(t, applyPatch(t, raw, resp))
 	if len(got.Annotations["blob"]) != 3<<20 || findContainer(got.Spec.InitContainers, inject.SidecarName) == nil {
 		t.Error("huge pod not injected intact")
 	}
