@@ -108,8 +108,8 @@ type server struct {
 }
 
 // startServer runs the webhook as cmd/webhook does, on loopback, and waits
-// until it reports ready.
-func startServer(dir string) (*server, error) {
+// until it reports ready; change adjusts the configuration.
+func startServer(dir string, change ...func(*webhook.Config)) (*server, error) {
 	s := &server{certs: &certDir{dir: dir}, done: make(chan error, 1)}
 	if err := s.certs.rotate(); err != nil {
 		return nil, err
@@ -127,6 +127,9 @@ func startServer(dir string) (*server, error) {
 	cfg.Port = s.port
 	cfg.MetricsAddr = "127.0.0.1:" + strconv.Itoa(s.metricsPort)
 	cfg.ProbeAddr = "127.0.0.1:" + strconv.Itoa(s.probePort)
+	for _, c := range change {
+		c(&cfg)
+	}
 	mgr, err := webhook.NewManager(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		return nil, err

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 
+	"github.com/heapwatch/heapwatch/webhook"
 	"github.com/heapwatch/heapwatch/webhook/inject"
 	"github.com/heapwatch/heapwatch/webhook/internal/podgen"
 )
@@ -218,6 +219,41 @@ func TestReinvocation(t *testing.T) {
 	}
 	if n := main.metric(t, `heapwatch_webhook_admissions_total{outcome="skipped",reason="already-injected"}`) - before; n != 1 {
 		t.Errorf("reinvocations seen by the webhook: %v, want 1", n)
+	}
+}
+
+// TestRegularSidecar: with --native-sidecar=false (clusters before 1.29)
+// the sidecar is a regular container, and the API server accepts the pod.
+func TestRegularSidecar(t *testing.T) {
+	ctx := context.Background()
+	cs, _ := client(t)
+	s, err := startServer(t.TempDir(), func(c *webhook.Config) { c.Inject.NativeSidecar = false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.stop() })
+	const label = "heapwatch-test/regular"
+	if err := register(ctx, "heapwatch-regular", s, func(wh *admissionregistrationv1.MutatingWebhook) {
+		wh.NamespaceSelector.MatchLabels = map[string]string{label: "true"}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(ctx, "heapwatch-regular", metav1.DeleteOptions{})
+	})
+	ns, err := namespaceFor(ctx, cs, map[string]string{label: "true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := cs.CoreV1().Pods(ns).Create(ctx, podgen.Pod("legacy", podgen.InitContainer("migrate")), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := countSidecars(got); n != 1 || len(got.Spec.InitContainers) != 1 || got.Spec.Containers[len(got.Spec.Containers)-1].Name != inject.SidecarName {
+		t.Fatalf("want the sidecar as the last regular container, got init %d containers %d", len(got.Spec.InitContainers), len(got.Spec.Containers))
+	}
+	if sc := sidecarOf(got); sc.RestartPolicy != nil {
+		t.Errorf("regular sidecar has restartPolicy %v", *sc.RestartPolicy)
 	}
 }
 
