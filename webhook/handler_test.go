@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -165,6 +166,43 @@ func TestHandlePatchesPod(t *testing.T) {
 				t.Errorf("second admission: allowed=%v patches=%v warnings=%q", again.Allowed, again.Patches, again.Warnings)
 			}
 		})
+	}
+}
+
+// TestPatchEqualsInjection guards the touched-part diff: for every pod shape
+// and option set, the patch applied to the request's JSON must give exactly
+// the pod inject.Inject produces, so a change that Inject makes outside the
+// diffed part cannot be lost silently.
+func TestPatchEqualsInjection(t *testing.T) {
+	apiServer, err := os.ReadFile("testdata/apiserver-pod.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := map[string][]byte{
+		"api server pod":     apiServer,
+		"plain":              podJSON(t, podgen.Pod("p")),
+		"init and volumes":   podJSON(t, podgen.Pod("p", podgen.InitContainer("migrate"), podgen.Volume("data"), podgen.Containers("worker"))),
+		"annotated":          podJSON(t, podgen.Pod("p", podgen.Annotations("heapwatch.io/containers", "worker", "heapwatch.io/memory-request", "1Gi"), podgen.Containers("worker"))),
+		"stale name env":     podJSON(t, podgen.Pod("p", podgen.Env("app", settings.ContainerNameEnv, "old"))),
+		"file storage":       podJSON(t, podgen.Pod("p", podgen.Annotations("heapwatch.io/storage", "file:///data/prof"))),
+		"explicit share pns": podJSON(t, podgen.Pod("p", podgen.ShareProcessNamespace(true))),
+	}
+	for _, native := range []bool{true, false} {
+		opts := testOptions()
+		opts.NativeSidecar = native
+		h := NewHandler(opts, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		for name, raw := range pods {
+			t.Run(fmt.Sprintf("%s/native=%v", name, native), func(t *testing.T) {
+				want := unmarshalPod(t, raw)
+				if r := inject.Inject(want, opts); !r.Injected {
+					t.Fatalf("not injected: %s", r.Reason)
+				}
+				got := unmarshalPod(t, applyPatch(t, raw, h.Handle(context.Background(), request(raw, "team-a"))))
+				if !equality.Semantic.DeepEqual(got, want) {
+					t.Errorf("patched pod differs from the injected pod:\n got %+v\nwant %+v", got.Spec, want.Spec)
+				}
+			})
+		}
 	}
 }
 
