@@ -32,13 +32,13 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/heapwatch/heapwatch/sidecar/settings"
 )
 
 // MemoryRoot is the cgroup v1 memory hierarchy the pods' groups are made in.
 const MemoryRoot = "/sys/fs/cgroup/memory"
 
-// ContainerNameEnv names the container to the sidecar, as the webhook does.
-const ContainerNameEnv = "HEAPWATCH_CONTAINER_NAME"
 
 // ErrUnsupported reports a machine where pods cannot be emulated: not root,
 // no cgroup v1 memory hierarchy, or a missing tool.
@@ -232,7 +232,7 @@ func (p *Pod) Add(spec ContainerSpec) (*Container, error) {
 	args = append(args, spec.Argv...)
 	cmd := exec.Command("nsenter", args...)
 	cmd.Env = append(os.Environ(), spec.Env...)
-	cmd.Env = append(cmd.Env, ContainerNameEnv+"="+spec.Name)
+	cmd.Env = append(cmd.Env, settings.ContainerNameEnv+"="+spec.Name)
 	cmd.Stdout, cmd.Stderr = spec.Stdout, spec.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
