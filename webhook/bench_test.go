@@ -79,12 +79,14 @@ func BenchmarkLoadHTTPS(b *testing.B) {
 			return err
 		}
 		defer resp.Body.Close()
-		var ar admissionv1.AdmissionReview
-		if err := json.NewDecoder(resp.Body).Decode(&ar); err != nil {
+		answer, err := io.ReadAll(resp.Body)
+		if err != nil {
 			return err
 		}
-		if ar.Response == nil || !ar.Response.Allowed || len(ar.Response.Patch) == 0 {
-			return fmt.Errorf("unexpected response %+v", ar.Response)
+		// A cheap check keeps the load client's CPU out of the way of the
+		// server's; the tests check the answers in full.
+		if !bytes.Contains(answer, []byte(`"allowed":true`)) || !bytes.Contains(answer, []byte(`"patch":"`)) {
+			return fmt.Errorf("unexpected answer %.200s", answer)
 		}
 		return nil
 	}
