@@ -147,9 +147,10 @@ func Inject(pod *corev1.Pod, o Options) Result {
 
 	var warnings []string
 	if v, ok := pod.Annotations[InjectAnnotation]; ok {
-		// "false" was handled by skip; anything else but "true" is a typo
-		// worth telling about, and injecting is what the namespace asked for.
-		if b, err := strconv.ParseBool(v); err != nil || !b {
+		// "false" was handled by skip; anything that is not a boolean is a
+		// typo worth telling about, and injecting is what the namespace
+		// asked for.
+		if _, err := strconv.ParseBool(v); err != nil {
 			warnings = append(warnings, fmt.Sprintf("%s: invalid value %q (want \"true\" or \"false\"); injecting", InjectAnnotation, shorten(v)))
 		}
 	}
