@@ -39,7 +39,6 @@ import (
 // MemoryRoot is the cgroup v1 memory hierarchy the pods' groups are made in.
 const MemoryRoot = "/sys/fs/cgroup/memory"
 
-
 // ErrUnsupported reports a machine where pods cannot be emulated: not root,
 // no cgroup v1 memory hierarchy, or a missing tool.
 var ErrUnsupported = errors.New("podsim: cannot emulate a pod here")
