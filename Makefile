@@ -64,6 +64,10 @@ fuzz: ## Run every fuzz target for FUZZTIME each.
 	  done; \
 	done
 
+.PHONY: run-webhook
+run-webhook: ## Run the webhook here with a self-signed certificate (caBundle: /tmp/heapwatch-webhook-tls/ca.crt).
+	go run ./cmd/webhook --sidecar-image $(REGISTRY)/heapwatch-sidecar:$(VERSION) --cert-dir /tmp/heapwatch-webhook-tls --self-signed localhost,127.0.0.1
+
 .PHONY: images
 images: ## Build the container images (needs a Docker engine with buildx).
 	docker buildx build --platform $(PLATFORMS) --build-arg VERSION=$(VERSION) -f Dockerfile.webhook -t $(REGISTRY)/heapwatch-webhook:$(VERSION) .

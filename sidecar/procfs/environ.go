@@ -14,7 +14,8 @@ const environCap = 8 << 20
 
 // Getenv returns the value of key in /proc/<pid>/environ, as the process
 // was started (later setenv calls are not visible). Reading it needs ptrace
-// access to the process (CAP_SYS_PTRACE when the uid differs).
+// read access (CAP_SYS_PTRACE) and, the file being 0400 of the app's uid,
+// CAP_DAC_READ_SEARCH when that uid is not ours.
 func (p Proc) Getenv(key string) (string, bool, error) {
 	f, err := os.Open(p.Path("environ"))
 	if err != nil {

@@ -1,11 +1,13 @@
 package integration
 
 import (
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
@@ -15,9 +17,10 @@ import (
 	"github.com/heapwatch/heapwatch/deploy"
 )
 
-// TestDeployManifestsApply applies every object of the kustomizations users
-// install with server-side apply in dry-run mode: the real API server, with
-// cert-manager's CRDs from the cert-manager module, validates them all.
+// TestDeployManifestsApply applies every object of the kustomizations and the
+// Helm chart users install with server-side apply in dry-run mode: the real
+// API server, with cert-manager's CRDs from the cert-manager module,
+// validates them all.
 func TestDeployManifestsApply(t *testing.T) {
 	ctx := t.Context()
 	cs := kubernetes.NewForConfigOrDie(restConfig)
@@ -28,11 +31,37 @@ func TestDeployManifestsApply(t *testing.T) {
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
-	for _, dir := range []string{"default", "fail-closed"} {
-		t.Run(dir, func(t *testing.T) {
-			objs, err := deploy.Render("../../deploy/kustomize/" + dir)
+	// What users install: both kustomizations, and the Helm chart with its
+	// defaults and with every value group changed.
+	renders := map[string]func() ([]*unstructured.Unstructured, error){
+		"kustomize/default": func() ([]*unstructured.Unstructured, error) { return deploy.Render("../../deploy/kustomize/default") },
+		"kustomize/fail-closed": func() ([]*unstructured.Unstructured, error) {
+			return deploy.Render("../../deploy/kustomize/fail-closed")
+		},
+		"helm/defaults": func() ([]*unstructured.Unstructured, error) {
+			return deploy.RenderChart("../../deploy/helm/heapwatch", "heapwatch", "heapwatch-system", nil)
+		},
+		"helm/tuned": func() ([]*unstructured.Unstructured, error) {
+			return deploy.RenderChart("../../deploy/helm/heapwatch", "prod", "heapwatch-system", map[string]any{
+				"replicaCount": 3,
+				"image":        map[string]any{"digest": "sha256:" + strings.Repeat("ab", 32)},
+				"sidecar": map[string]any{"native": false, "credentialsSecret": "heapwatch-s3",
+					"storage": "s3://captures/prod?region=eu-west-1", "defaults": map[string]any{"interval": "50ms"}},
+				"webhook":      map[string]any{"failurePolicy": "Fail", "timeoutSeconds": 5},
+				"resources":    map[string]any{"limits": map[string]any{"memory": "256Mi"}},
+				"nodeSelector": map[string]any{"kubernetes.io/os": "linux"},
+				"tolerations":  []any{map[string]any{"key": "dedicated", "operator": "Exists"}},
+			})
+		},
+	}
+	for name, render := range renders {
+		t.Run(name, func(t *testing.T) {
+			objs, err := render()
 			if err != nil {
 				t.Fatal(err)
+			}
+			if len(objs) < 8 {
+				t.Fatalf("rendered only %d objects", len(objs))
 			}
 			for _, o := range objs {
 				gvk := o.GroupVersionKind()
