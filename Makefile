@@ -50,7 +50,7 @@ demo: ## See the main job: a leaky app OOM-killed in an emulated pod, its heap p
 
 .PHONY: test
 test: lint envtest versitygw ## Lint, then run every unit, integration and end-to-end test (root for the cgroup tests).
-	$(TEST_ENV) go test -race -p 1 -timeout $(TEST_TIMEOUT) ./...
+	$(TEST_ENV) go test -race -count=1 -p 1 -timeout $(TEST_TIMEOUT) ./...
 
 .PHONY: bench
 bench: envtest versitygw ## Run the benchmarks: admission latency, detection latency, capture rate, CPU, memory.

@@ -11,7 +11,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"math"
 	"net/url"
 	"os"
 	"os/signal"
@@ -36,8 +35,7 @@ var version = "dev"
 
 // Defaults of the sidecar's own flags.
 const (
-	defaultSpoolDir = "/var/lib/heapwatch/spool"
-	defaultGrace    = 10 * time.Second
+	defaultGrace = 10 * time.Second
 )
 
 type flags struct {
@@ -52,7 +50,7 @@ type flags struct {
 func main() {
 	var f flags
 	fs := flag.NewFlagSet("sidecar", flag.ExitOnError)
-	fs.StringVar(&f.spoolDir, "spool-dir", defaultSpoolDir, "directory holding captures until they are stored (an emptyDir in Kubernetes)")
+	fs.StringVar(&f.spoolDir, "spool-dir", settings.SpoolDir, "directory holding captures until they are stored (an emptyDir in Kubernetes)")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", metrics.DefaultAddr, "listen address of the Prometheus /metrics endpoint; empty disables it")
 	fs.StringVar(&f.procRoot, "proc", "/proc", "the proc file system of the pod's shared PID namespace")
 	fs.DurationVar(&f.grace, "shutdown-grace", defaultGrace, "on SIGTERM, time to finish running captures and uploads; the rest stays in the spool")
@@ -192,16 +190,10 @@ func upload(ctx context.Context, log *slog.Logger, sp *spool.Spool, rawURL strin
 // derived from HEAPWATCH_MEMORY_LIMIT and HEAPWATCH_CPU_LIMIT.
 func limitSelf(log *slog.Logger, cfg settings.Config) {
 	if os.Getenv("GOMEMLIMIT") == "" {
-		if limit, ok := cfg.MemoryLimit.AsInt64(); ok && limit > 0 {
-			// 85 %, as the webhook renders it: room for what the Go heap
-			// does not count (stacks, runtime metadata).
-			debug.SetMemoryLimit(limit / 100 * 85)
-		}
+		debug.SetMemoryLimit(cfg.GoMemLimit())
 	}
 	if os.Getenv("GOMAXPROCS") == "" {
-		if cores := cfg.CPULimit.AsApproximateFloat64(); cores > 0 {
-			runtime.GOMAXPROCS(max(1, int(math.Ceil(cores))))
-		}
+		runtime.GOMAXPROCS(cfg.GoMaxProcs())
 	}
 	log.Debug("own limits", "gomemlimit", debug.SetMemoryLimit(-1), "gomaxprocs", runtime.GOMAXPROCS(0))
 }

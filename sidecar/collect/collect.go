@@ -23,6 +23,7 @@ import (
 	"github.com/heapwatch/heapwatch/sidecar/metrics"
 	"github.com/heapwatch/heapwatch/sidecar/pprof"
 	"github.com/heapwatch/heapwatch/sidecar/procfs"
+	"github.com/heapwatch/heapwatch/sidecar/settings"
 	"github.com/heapwatch/heapwatch/sidecar/spool"
 )
 
@@ -42,7 +43,7 @@ func PodFromEnv(lookup func(string) (string, bool)) Pod {
 		v, _ := lookup(k)
 		return strings.TrimSpace(v)
 	}
-	p := Pod{Namespace: get("POD_NAMESPACE"), Name: get("POD_NAME"), UID: get("POD_UID"), Node: get("NODE_NAME")}
+	p := Pod{Namespace: get(settings.EnvPodNamespace), Name: get(settings.EnvPodName), UID: get(settings.EnvPodUID), Node: get(settings.EnvNodeName)}
 	host, _ := os.Hostname()
 	if p.Name == "" {
 		p.Name = host

@@ -32,6 +32,24 @@ const (
 	// sidecar can name a process's container: inside the pod the sidecar sees
 	// cgroup paths holding container IDs, never container names.
 	ContainerNameEnv = "HEAPWATCH_CONTAINER_NAME"
+
+	// EnvPodName, EnvPodNamespace, EnvPodUID and EnvNodeName carry the pod's
+	// identity to the sidecar. The webhook sets them through the downward
+	// API: at admission a generateName pod has no name (and sometimes no
+	// namespace) yet, so they cannot be rendered as literals.
+	EnvPodName      = "POD_NAME"
+	EnvPodNamespace = "POD_NAMESPACE"
+	EnvPodUID       = "POD_UID"
+	EnvNodeName     = "NODE_NAME"
+
+	// SpoolDir is the sidecar's default spool directory, where the webhook
+	// mounts the spool volume.
+	SpoolDir = "/var/lib/heapwatch/spool"
+
+	// goMemLimitPercent of the sidecar's memory limit becomes its
+	// GOMEMLIMIT, leaving room for stacks and runtime overhead before the
+	// kernel OOM-kills the sidecar.
+	goMemLimitPercent = 85
 )
 
 // Profile names the sidecar can fetch from /debug/pprof/<name>.
@@ -283,6 +301,18 @@ func (base Config) FromAnnotations(annotations map[string]string) (Config, []Pro
 // FromEnv overrides base with HEAPWATCH_<KEY> variables (os.LookupEnv).
 func (base Config) FromEnv(lookupEnv func(string) (string, bool)) (Config, []Problem) {
 	return base.Override(Setting.EnvVar, lookupEnv)
+}
+
+// GoMemLimit is the sidecar's GOMEMLIMIT in bytes, derived from its memory
+// limit; the webhook renders it and the sidecar run by hand applies it.
+func (c Config) GoMemLimit() int64 {
+	return c.MemoryLimit.Value() * goMemLimitPercent / 100
+}
+
+// GoMaxProcs is the sidecar's GOMAXPROCS: its CPU limit rounded up to whole
+// CPUs, at least 1.
+func (c Config) GoMaxProcs() int {
+	return int(max(1, (c.CPULimit.MilliValue()+999)/1000))
 }
 
 // EnvVar is one rendered environment variable.

@@ -37,26 +37,12 @@ const (
 	// StatusInjected is the value of StatusAnnotation on injected pods.
 	StatusInjected = "injected"
 
-	// SpoolVolume is mounted at SpoolDir and holds captures until stored.
+	// SpoolVolume is mounted at settings.SpoolDir and holds captures until stored.
 	SpoolVolume = "heapwatch-spool"
-	// SpoolDir is where the sidecar spools captures.
-	SpoolDir = "/var/lib/heapwatch/spool"
 	// CapturesVolume is mounted at the directory of a file:// storage URL so
 	// the sidecar can write there despite its read-only root filesystem.
 	CapturesVolume = "heapwatch-captures"
 
-	// EnvPodName, EnvPodNamespace, EnvPodUID and EnvNodeName are set through
-	// the downward API: at admission a generateName pod has no name (and
-	// sometimes no namespace) yet, so they cannot be rendered as literals.
-	EnvPodName      = "POD_NAME"
-	EnvPodNamespace = "POD_NAMESPACE"
-	EnvPodUID       = "POD_UID"
-	EnvNodeName     = "NODE_NAME"
-
-	// goMemLimitPercent of the sidecar's memory limit becomes its GOMEMLIMIT,
-	// leaving room for stacks and runtime overhead before the kernel
-	// OOM-kills the sidecar.
-	goMemLimitPercent = 85
 	// The spool emptyDir's sizeLimit is spool-bytes plus a quarter. The
 	// sidecar keeps the spool under spool-bytes itself; the sizeLimit is a
 	// backstop only, and reaching it evicts the whole pod, app included, so a
@@ -294,8 +280,8 @@ func fileStorageDir(storage string) (string, error) {
 	if dir != u.Path && dir+"/" != u.Path {
 		return "", errors.New("file storage path must be clean (no //, . or ..)")
 	}
-	if dir == "/" || within(dir, SpoolDir) || within(SpoolDir, dir) {
-		return "", fmt.Errorf("file storage directory %s overlaps / or the spool %s", dir, SpoolDir)
+	if dir == "/" || within(dir, settings.SpoolDir) || within(settings.SpoolDir, dir) {
+		return "", fmt.Errorf("file storage directory %s overlaps / or the spool %s", dir, settings.SpoolDir)
 	}
 	return dir, nil
 }

@@ -33,16 +33,16 @@ func Sidecar(cfg settings.Config, o Options) corev1.Container {
 		Name:  SidecarName,
 		Image: o.Image,
 		Env: append([]corev1.EnvVar{
-			fieldEnv(EnvPodName, "metadata.name"),
-			fieldEnv(EnvPodNamespace, "metadata.namespace"),
-			fieldEnv(EnvPodUID, "metadata.uid"),
-			fieldEnv(EnvNodeName, "spec.nodeName"),
+			fieldEnv(settings.EnvPodName, "metadata.name"),
+			fieldEnv(settings.EnvPodNamespace, "metadata.namespace"),
+			fieldEnv(settings.EnvPodUID, "metadata.uid"),
+			fieldEnv(settings.EnvNodeName, "spec.nodeName"),
 		}, settingsEnv(cfg)...),
 		Resources: corev1.ResourceRequirements{
 			Requests: corev1.ResourceList{corev1.ResourceCPU: cfg.CPURequest, corev1.ResourceMemory: cfg.MemoryRequest},
 			Limits:   corev1.ResourceList{corev1.ResourceCPU: cfg.CPULimit, corev1.ResourceMemory: cfg.MemoryLimit},
 		},
-		VolumeMounts:             []corev1.VolumeMount{{Name: SpoolVolume, MountPath: SpoolDir}},
+		VolumeMounts:             []corev1.VolumeMount{{Name: SpoolVolume, MountPath: settings.SpoolDir}},
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 		SecurityContext: &corev1.SecurityContext{
 			Privileged:               ptr.To(false),
@@ -87,18 +87,9 @@ func settingsEnv(cfg settings.Config) []corev1.EnvVar {
 		env = append(env, corev1.EnvVar{Name: e.Name, Value: e.Value})
 	}
 	return append(env,
-		corev1.EnvVar{Name: "GOMEMLIMIT", Value: strconv.FormatInt(goMemLimit(cfg.MemoryLimit), 10)},
-		corev1.EnvVar{Name: "GOMAXPROCS", Value: strconv.FormatInt(goMaxProcs(cfg.CPULimit), 10)},
+		corev1.EnvVar{Name: "GOMEMLIMIT", Value: strconv.FormatInt(cfg.GoMemLimit(), 10)},
+		corev1.EnvVar{Name: "GOMAXPROCS", Value: strconv.Itoa(cfg.GoMaxProcs())},
 	)
-}
-
-func goMemLimit(limit resource.Quantity) int64 {
-	return limit.Value() * goMemLimitPercent / 100
-}
-
-// goMaxProcs is the CPU limit rounded up to whole CPUs, at least 1.
-func goMaxProcs(limit resource.Quantity) int64 {
-	return max(1, (limit.MilliValue()+999)/1000)
 }
 
 func volumes(cfg settings.Config) []corev1.Volume {

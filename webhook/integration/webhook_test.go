@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 
+	"github.com/heapwatch/heapwatch/sidecar/settings"
 	"github.com/heapwatch/heapwatch/webhook"
 	"github.com/heapwatch/heapwatch/webhook/inject"
 	"github.com/heapwatch/heapwatch/webhook/internal/podgen"
@@ -96,7 +97,7 @@ func TestGenerateNamePod(t *testing.T) {
 	if !strings.HasPrefix(got.Name, "leaky-6d8f9c-") || got.Namespace != ns {
 		t.Errorf("pod %s/%s", got.Namespace, got.Name)
 	}
-	podName, _ := envValue(sidecarOf(got), inject.EnvPodName)
+	podName, _ := envValue(sidecarOf(got), settings.EnvPodName)
 	if podName.ValueFrom == nil || podName.ValueFrom.FieldRef == nil || podName.ValueFrom.FieldRef.FieldPath != "metadata.name" {
 		t.Errorf("POD_NAME = %+v, want the downward API", podName)
 	}
