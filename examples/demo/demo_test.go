@@ -78,10 +78,7 @@ func TestDemo(t *testing.T) {
 // its cgroups and processes before it exits.
 func TestDemoInterrupted(t *testing.T) {
 	requireSupported(t)
-	bin := filepath.Join(t.TempDir(), "demo")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildDemo(t)
 	before := len(demoCgroups(t))
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
@@ -118,5 +115,44 @@ func TestDemoInterrupted(t *testing.T) {
 	}
 	if after := demoCgroups(t); len(after) != before {
 		t.Errorf("the interrupted demo left cgroups behind: %v", after)
+	}
+}
+
+func buildDemo(t *testing.T) string {
+	t.Helper()
+	// Not t.TempDir: its parent is private, and TestDemoRefusesWithoutRoot
+	// runs the binary as another user.
+	dir, err := os.MkdirTemp("", "heapwatch-demo-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "demo")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestDemoRefusesWithoutRoot runs the demo as an unprivileged user: it must
+// say why it cannot run and exit non-zero.
+func TestDemoRefusesWithoutRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to start the demo as another user")
+	}
+	bin := buildDemo(t)
+	cmd := exec.Command(bin)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if code := cmd.ProcessState.ExitCode(); code != 1 {
+		t.Fatalf("exit code %d (%v), want 1; output:\n%s", code, err, out)
+	}
+	for _, want := range []string{"must run as root", "run it as root on Linux with a cgroup v1 memory hierarchy"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
 	}
 }
