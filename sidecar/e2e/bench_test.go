@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/heapwatch/heapwatch/sidecar/capture"
 	"github.com/heapwatch/heapwatch/sidecar/podsim"
+	"github.com/heapwatch/heapwatch/sidecar/procfs"
 	"github.com/heapwatch/heapwatch/sidecar/spool"
 	"github.com/heapwatch/heapwatch/sidecar/store/s3test"
 )
@@ -241,7 +241,11 @@ func BenchmarkSidecarPeakRSSUpload(b *testing.B) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		hwm, err := vmHWM(pid)
+		fsys, err := procfs.NewFS("/proc")
+		if err != nil {
+			b.Fatal(err)
+		}
+		hwm, err := fsys.Proc(pid).PeakRSS()
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -249,7 +253,7 @@ func BenchmarkSidecarPeakRSSUpload(b *testing.B) {
 		if _, err := get(st, meta.Profiles[0].Key); err != nil {
 			b.Fatal(err)
 		}
-		b.ReportMetric(float64(hwm)/1024, "peak-rss-MiB")
+		b.ReportMetric(float64(hwm)/(1<<20), "peak-rss-MiB")
 	}
 }
 
@@ -279,18 +283,4 @@ func bigCapture(b testing.TB, dir string, n int64) *capture.Metadata {
 		b.Fatal(err)
 	}
 	return meta
-}
-
-func vmHWM(pid int) (kib int64, err error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	for sc := bufio.NewScanner(f); sc.Scan(); {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("no VmHWM for pid %d", pid)
 }

@@ -1,15 +1,13 @@
 package store_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/heapwatch/heapwatch/sidecar/store"
@@ -24,7 +22,6 @@ const (
 	envUploadFile = "HEAPWATCH_TEST_UPLOAD_FILE"
 	uploadSize    = 100 << 20
 	rssTargetMiB  = 32
-	peakRSSPrefix = "peak-rss-kib "
 )
 
 func TestMain(m *testing.M) {
@@ -55,28 +52,7 @@ func uploadChild(rawURL string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	kib, err := peakRSSKiB()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	fmt.Printf("%s%d\n", peakRSSPrefix, kib)
 	return 0
-}
-
-// peakRSSKiB reads VmHWM, the process's high-water resident set.
-func peakRSSKiB() (int64, error) {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	for sc := bufio.NewScanner(f); sc.Scan(); {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("no VmHWM in /proc/self/status")
 }
 
 // BenchmarkUpload100MBPeakRSS reports the peak RSS of a process uploading a
@@ -117,16 +93,11 @@ func BenchmarkUpload100MBPeakRSS(b *testing.B) {
 				for b.Loop() {
 					cmd := exec.Command(os.Args[0])
 					cmd.Env = append(append(os.Environ(), env...), envUploadURL+"="+rawURL, body.env)
-					out, err := cmd.Output()
-					if err != nil {
+					if _, err := cmd.Output(); err != nil {
 						b.Fatalf("upload process: %v\n%s", err, errOutput(err))
 					}
-					v, ok := strings.CutPrefix(strings.TrimSpace(string(out)), peakRSSPrefix)
-					kib, perr := strconv.ParseInt(v, 10, 64)
-					if !ok || perr != nil {
-						b.Fatalf("upload process printed %q", out)
-					}
-					peak = max(peak, kib)
+					// The child's peak RSS (VmHWM at exit), in KiB.
+					peak = max(peak, cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss)
 				}
 				mib := float64(peak) / 1024
 				b.ReportMetric(mib, "peak-RSS-MiB")

@@ -1,0 +1,44 @@
+package procfs
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+)
+
+// PeakRSS reads VmHWM from /proc/<pid>/status: the process's high-water
+// resident set in bytes (the benchmarks' memory figure).
+func (p Proc) PeakRSS() (int64, error) {
+	b, err := readCapped(p.Path("status"), smallCap)
+	if err != nil {
+		return 0, fmt.Errorf("procfs: pid %d: %w", p.PID, err)
+	}
+	n, err := ParsePeakRSS(bytes.NewReader(b))
+	if err != nil {
+		return 0, fmt.Errorf("procfs: pid %d: %w", p.PID, err)
+	}
+	return n, nil
+}
+
+// ParsePeakRSS returns the VmHWM line of a /proc/<pid>/status file in bytes.
+func ParsePeakRSS(r io.Reader) (int64, error) {
+	sc := bufio.NewScanner(io.LimitReader(r, smallCap))
+	for sc.Scan() {
+		v, ok := strings.CutPrefix(sc.Text(), "VmHWM:")
+		if !ok {
+			continue
+		}
+		kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		if err != nil || kib < 0 {
+			return 0, fmt.Errorf("status: VmHWM %q: %w", v, ErrMalformed)
+		}
+		return kib << 10, nil
+	}
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("status: %w", err)
+	}
+	return 0, fmt.Errorf("status: no VmHWM line: %w", ErrMalformed)
+}
