@@ -302,7 +302,7 @@ func (w *worker) drain() {
 			w.oomKilled(k.at)
 		}
 		if discover != nil {
-			w.found(discover, len(w.endpoints(discover)) > 0)
+			w.found(discover, len(w.endpoints(discover, false)) > 0)
 		}
 	}
 }
@@ -317,7 +317,10 @@ func (w *worker) capture(r Request) {
 			w.c.o.Metrics.Capture(r.Container, r.Kind, metrics.OutcomeFailed)
 		}
 	}()
-	targets := w.endpoints(r.PIDs)
+	// A capture looks again at a process remembered without pprof: it may
+	// have been seen before it opened its port (during exec, or while the
+	// app starts), and a leak does not wait for rediscoverAfter.
+	targets := w.endpoints(r.PIDs, true)
 	w.found(r.PIDs, len(targets) > 0)
 	if len(targets) == 0 {
 		w.c.o.Metrics.Capture(r.Container, r.Kind, metrics.OutcomeNoPprof)
@@ -351,8 +354,9 @@ func (w *worker) found(pids []int, ok bool) {
 }
 
 // endpoints returns, per process, one listening port that serves pprof,
-// from what discovery remembered when the process is the same one.
-func (w *worker) endpoints(pids []int) []pprof.Endpoint {
+// from what discovery remembered when the process is the same one; recheck
+// looks again at processes remembered without one.
+func (w *worker) endpoints(pids []int, recheck bool) []pprof.Endpoint {
 	for pid := range w.procs {
 		if !slices.Contains(pids, pid) {
 			delete(w.procs, pid)
@@ -360,14 +364,14 @@ func (w *worker) endpoints(pids []int) []pprof.Endpoint {
 	}
 	var out []pprof.Endpoint
 	for _, pid := range pids {
-		if ep, ok := w.endpoint(pid); ok {
+		if ep, ok := w.endpoint(pid, recheck); ok {
 			out = append(out, ep)
 		}
 	}
 	return out
 }
 
-func (w *worker) endpoint(pid int) (pprof.Endpoint, bool) {
+func (w *worker) endpoint(pid int, recheck bool) (pprof.Endpoint, bool) {
 	p := w.c.o.Proc.Proc(pid)
 	st, err := p.Stat()
 	if err != nil {
@@ -375,7 +379,7 @@ func (w *worker) endpoint(pid int) (pprof.Endpoint, bool) {
 		return pprof.Endpoint{}, false // exited
 	}
 	now := time.Now()
-	if pe, ok := w.procs[pid]; ok && pe.start == st.StartTime && (pe.ok || now.Sub(pe.at) < rediscoverAfter) {
+	if pe, ok := w.procs[pid]; ok && pe.start == st.StartTime && (pe.ok || !recheck && now.Sub(pe.at) < rediscoverAfter) {
 		return pe.ep, pe.ok
 	}
 	pe := procEndpoint{start: st.StartTime, at: now}

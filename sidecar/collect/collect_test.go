@@ -1,8 +1,10 @@
 package collect
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -30,7 +32,15 @@ import (
 // real /proc.
 var pprofPort, silentPort int
 
+// envLateApp runs the test binary as an app that opens its pprof port only
+// when told to (a line on stdin), then says so on stdout.
+const envLateApp = "HEAPWATCH_TEST_LATE_APP"
+
 func TestMain(m *testing.M) {
+	if os.Getenv(envLateApp) != "" {
+		lateApp()
+		return
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		panic(err)
@@ -327,6 +337,52 @@ func TestSeenDiscoversAheadAndLogsMissingPprofOnce(t *testing.T) {
 	if ids, _ := f.spool.Pending(); len(ids) != 0 {
 		t.Errorf("captured from a container without pprof: %v", ids)
 	}
+}
+
+func lateApp() {
+	bufio.NewReader(os.Stdin).ReadString('\n')
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("listening")
+	http.Serve(ln, nil)
+}
+
+// TestCaptureRechecksAppThatListenedLate: a process first seen before it
+// opened its pprof port (during exec, or while the app starts) is captured
+// as soon as a trigger fires, not after the rediscovery interval.
+func TestCaptureRechecksAppThatListenedLate(t *testing.T) {
+	logs := &logBuffer{}
+	f := newFixture(t, nil)
+	f.c.o.Log = slog.New(slog.NewJSONHandler(logs, nil))
+
+	app := exec.Command(os.Args[0])
+	app.Env = append(os.Environ(), envLateApp+"=1")
+	stdin, err := app.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := app.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := app.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = app.Process.Kill(); _ = app.Wait() })
+	pids := []int{app.Process.Pid}
+
+	f.c.Seen("late", pids)
+	waitLog(t, logs, "no pprof endpoint found in container; captures will be skipped until one appears", 1)
+	fmt.Fprintln(stdin, "listen")
+	if line, _ := bufio.NewReader(stdout).ReadString('\n'); line != "listening\n" {
+		t.Fatalf("late app said %q", line)
+	}
+	// One trigger, well within rediscoverAfter of the first look, and no
+	// further samples: only a fresh look at the process can find the port.
+	f.c.Enqueue(Request{Container: "late", PIDs: pids, Kind: "threshold-60", DetectedAt: time.Now()})
+	f.settle(t, 1)
 }
 
 func waitLog(t *testing.T, logs *logBuffer, msg string, n int) {

@@ -95,9 +95,15 @@ func oneKill(b *testing.B, shape string, args []string) (killResult, []*capture.
 				return nil
 			}
 		}
-		return fmt.Errorf("no final capture (%d captures)", len(all))
+		return fmt.Errorf("no final capture (%d captures); pod log:\n%s", len(all), lastLines(r.logs.String(), 60))
 	}()
 	return res, all, err
+}
+
+// lastLines keeps the end of a log for a failure message.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
