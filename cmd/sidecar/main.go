@@ -11,7 +11,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -78,7 +77,7 @@ func run(log *slog.Logger, f flags) error {
 	limitSelf(log, cfg)
 	pod := collect.PodFromEnv(os.LookupEnv)
 	log.Info("heapwatch sidecar starting", "version", version, "namespace", pod.Namespace, "pod", pod.Name,
-		"node", pod.Node, "storage", redact(cfg.Storage), "thresholds", cfg.Thresholds, "interval", cfg.Interval,
+		"node", pod.Node, "storage", store.RedactURL(cfg.Storage), "thresholds", cfg.Thresholds, "interval", cfg.Interval,
 		"horizon", cfg.Horizon, "profiles", cfg.Profiles, "pprofPath", cfg.PprofPath, "spoolDir", f.spoolDir)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -164,7 +163,7 @@ func upload(ctx context.Context, log *slog.Logger, sp *spool.Spool, rawURL strin
 	for ctx.Err() == nil {
 		st, err := store.Open(ctx, rawURL)
 		if err != nil {
-			log.Error("cannot open the storage; captures stay in the spool", "storage", redact(rawURL), "err", err, "retryIn", backoff)
+			log.Error("cannot open the storage; captures stay in the spool", "storage", store.RedactURL(rawURL), "err", err, "retryIn", backoff)
 			select {
 			case <-ctx.Done():
 				return
@@ -209,13 +208,4 @@ func triggerOptions(cfg settings.Config) trigger.Options {
 		MaxPerHour: cfg.MaxPerHour,
 		Interval:   cfg.Interval,
 	}
-}
-
-// redact drops a password from a URL for logs.
-func redact(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return "(unparseable URL)"
-	}
-	return u.Redacted()
 }

@@ -53,11 +53,11 @@ var (
 )
 
 func badURL(rawURL, format string, args ...any) error {
-	return fmt.Errorf("%w %q: %s", ErrBadURL, redactURL(rawURL), fmt.Sprintf(format, args...))
+	return fmt.Errorf("%w %q: %s", ErrBadURL, RedactURL(rawURL), fmt.Sprintf(format, args...))
 }
 
-// redactURL hides a password someone put in the URL before it reaches a log.
-func redactURL(rawURL string) string {
+// RedactURL hides a password someone put in the URL before it reaches a log.
+func RedactURL(rawURL string) string {
 	u, err := url.Parse(rawURL)
 	if err != nil || u.User == nil {
 		return rawURL
