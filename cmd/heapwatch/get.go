@@ -47,10 +47,10 @@ func (a *app) get(ctx context.Context, args []string) error {
 		return err
 	}
 	if *dir == "" {
-		*dir = defaultGetDir(e.id)
+		*dir = defaultGetDir(e.ID)
 	}
-	res := getResult{ID: e.id, Dir: *dir}
-	for _, o := range e.objects {
+	res := getResult{ID: e.ID, Dir: *dir}
+	for _, o := range e.Objects {
 		p, err := download(ctx, st, o, *dir)
 		if err != nil {
 			return err
@@ -60,7 +60,7 @@ func (a *app) get(ctx context.Context, args []string) error {
 	if a.jsonOutput() {
 		return writeJSON(a.stdout, res)
 	}
-	fmt.Fprintf(a.stdout, "%s -> %s\n", e.id, *dir)
+	fmt.Fprintf(a.stdout, "%s -> %s\n", e.ID, *dir)
 	for _, f := range res.Files {
 		fmt.Fprintf(a.stdout, "  %s (%s)\n", filepath.Base(f.Path), bytesString(f.Bytes))
 	}

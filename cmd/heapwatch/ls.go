@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/heapwatch/heapwatch/sidecar/capture"
+	"github.com/heapwatch/heapwatch/sidecar/catalog"
 )
 
 const lsHelp = `Usage: heapwatch ls [--namespace N] [--pod P] [--container C] [--since 2h] [--limit N] [-q]
@@ -75,7 +76,7 @@ func (a *app) ls(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	entries, err := scan(ctx, st, capture.Prefix(f.namespace, f.pod, f.container), f.match)
+	entries, err := catalog.Scan(ctx, st, capture.Prefix(f.namespace, f.pod, f.container), f.match)
 	if err != nil {
 		return err
 	}
@@ -92,16 +93,16 @@ func (a *app) ls(ctx context.Context, args []string) error {
 	}
 	if *quiet {
 		for _, e := range entries {
-			fmt.Fprintln(a.stdout, e.id)
+			fmt.Fprintln(a.stdout, e.ID)
 		}
 		return nil
 	}
-	if err := loadMetadata(ctx, st, entries); err != nil {
+	if err := catalog.LoadMetadata(ctx, st, entries); err != nil {
 		return err
 	}
 	for _, e := range entries {
-		if e.metaErr != nil {
-			fmt.Fprintf(a.stderr, "warning: %s: unreadable metadata: %v\n", e.metadataKey(), e.metaErr)
+		if e.MetaErr != nil {
+			fmt.Fprintf(a.stderr, "warning: %s: unreadable metadata: %v\n", e.MetadataKey(), e.MetaErr)
 		}
 	}
 	if a.jsonOutput() {
@@ -126,7 +127,7 @@ func (a *app) table(entries []*entry) {
 	fmt.Fprintln(tw, "TIME (UTC)\tCAPTURE\tTRIGGER\tUSAGE / LIMIT\tOOM\tSIZE")
 	for _, e := range entries {
 		usage, oom := "?", ""
-		if m := e.meta; m != nil {
+		if m := e.Meta; m != nil {
 			usage = usageString(m.Memory)
 			if m.Final {
 				oom = "FINAL"
@@ -135,8 +136,8 @@ func (a *app) table(entries []*entry) {
 				}
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.name.Time.UTC().Format("2006-01-02 15:04:05.000"),
-			e.id, e.name.Trigger, usage, oom, bytesString(e.size()))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Name.Time.UTC().Format("2006-01-02 15:04:05.000"),
+			e.ID, e.Name.Trigger, usage, oom, bytesString(e.Size()))
 	}
 	tw.Flush()
 }
@@ -158,18 +159,18 @@ func percent(part, whole uint64) float64 {
 
 func toJSON(e *entry) captureJSON {
 	c := captureJSON{
-		ID: e.id, Namespace: e.name.Namespace, Pod: e.name.Pod, Container: e.name.Container,
-		Time: e.name.Time.UTC(), Trigger: e.name.Trigger, SizeBytes: e.size(),
-		Profiles: e.profiles(), MetadataKey: e.metadataKey(), Metadata: e.meta,
+		ID: e.ID, Namespace: e.Name.Namespace, Pod: e.Name.Pod, Container: e.Name.Container,
+		Time: e.Name.Time.UTC(), Trigger: e.Name.Trigger, SizeBytes: e.Size(),
+		Profiles: e.Profiles(), MetadataKey: e.MetadataKey(), Metadata: e.Meta,
 	}
-	for _, o := range e.objects {
+	for _, o := range e.Objects {
 		c.Objects = append(c.Objects, objectJSON{Key: o.Key, Size: o.Size})
 	}
-	if m := e.meta; m != nil {
+	if m := e.Meta; m != nil {
 		c.UsagePercent = percent(m.Memory.UsageBytes, m.Memory.LimitBytes)
 	}
-	if e.metaErr != nil {
-		c.MetadataError = e.metaErr.Error()
+	if e.MetaErr != nil {
+		c.MetadataError = e.MetaErr.Error()
 	}
 	return c
 }

@@ -82,12 +82,12 @@ func (a *app) fetchProfile(ctx context.Context, st store.Store, arg, profile, di
 	if err != nil {
 		return "", nil, err
 	}
-	o, err := e.profileObject(profile)
+	o, err := e.ProfileObject(profile)
 	if err != nil {
 		return "", nil, err
 	}
 	if dir == "" {
-		dir = filepath.Join(cacheDir(), filepath.FromSlash(e.id))
+		dir = filepath.Join(cacheDir(), filepath.FromSlash(e.ID))
 	}
 	p, err := download(ctx, st, o, dir)
 	return p, e, err
@@ -145,7 +145,7 @@ func (a *app) pprofCommand(ctx context.Context, cmd, help string, args []string,
 		if err != nil {
 			return err
 		}
-		files, ids, times = append(files, file), append(ids, e.id), append(times, e.name.Time)
+		files, ids, times = append(files, file), append(ids, e.ID), append(times, e.Name.Time)
 	}
 	file, base := files[n-1], ""
 	if n == 2 {

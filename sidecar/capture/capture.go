@@ -93,6 +93,38 @@ func ParseID(s string) (Name, error) {
 	return Name{Namespace: m[1], Pod: m[2], Container: m[3], Time: t, Trigger: m[5]}, nil
 }
 
+// ParseKey is the inverse of MetadataKey and ProfileKey: it returns the Name
+// a stored key belongs to and the profile it holds ("" for the metadata).
+// Profile names never contain "-", so the last "-" of a profile key ends
+// the ID even when the trigger has one ("threshold-75").
+func ParseKey(key string) (Name, string, error) {
+	if id, ok := strings.CutSuffix(key, MetadataSuffix); ok {
+		n, err := ParseID(id)
+		return n, "", err
+	}
+	var base string
+	var ext string
+	for _, e := range []string{".pb.gz", ".txt"} {
+		if b, ok := strings.CutSuffix(key, e); ok {
+			base, ext = b, e
+			break
+		}
+	}
+	i := strings.LastIndexByte(base, '-')
+	if ext == "" || i < 0 || strings.Contains(base[i:], "/") {
+		return Name{}, "", fmt.Errorf("%w: %q", ErrBadKey, key)
+	}
+	profile := base[i+1:]
+	if profile == "" || ProfileExt(profile) != ext || segment(profile) != profile {
+		return Name{}, "", fmt.Errorf("%w: %q", ErrBadKey, key)
+	}
+	n, err := ParseID(base[:i])
+	if err != nil {
+		return Name{}, "", err
+	}
+	return n, profile, nil
+}
+
 // segment makes s safe as one key segment: Kubernetes names already are, but
 // a hostname fallback or a trigger kind must never add a "/" or "..".
 func segment(s string) string {
@@ -154,6 +186,19 @@ type Metadata struct {
 	// container, seen at OOMKilledAt.
 	Final       bool       `json:"finalBeforeOOMKill"`
 	OOMKilledAt *time.Time `json:"oomKilledAt,omitempty"`
+	// Timeline is the container's memory over the last minute before the
+	// capture (before the kill, for a final capture), oldest first.
+	Timeline []Point `json:"timeline,omitempty"`
+}
+
+// Point is one memory sample of a Timeline.
+type Point struct {
+	Time            time.Time `json:"t"`
+	UsageBytes      uint64    `json:"usage"`
+	WorkingSetBytes uint64    `json:"workingSet"`
+	LimitBytes      uint64    `json:"limit"`
+	// Trigger is the kind of the trigger that fired on this sample.
+	Trigger string `json:"trigger,omitempty"`
 }
 
 // Name returns the Name the metadata was stored under.

@@ -102,3 +102,45 @@ func TestDecodeMetadata(t *testing.T) {
 		}
 	}
 }
+
+// ParseKey is the exact inverse of MetadataKey and ProfileKey for every
+// Name the sidecar writes (segment-safe parts, UTC milliseconds).
+func TestParseKeyRoundTrip(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 19, 30, 0, 7_000_000, time.UTC)
+	names := []Name{
+		{Namespace: "shop", Pod: "api-7d9f-x2", Container: "app", Time: t0, Trigger: "threshold-75"},
+		{Namespace: "a", Pod: "b", Container: "c", Time: t0.Add(999 * time.Millisecond), Trigger: "predictive"},
+		{Namespace: "n.s", Pod: "p_1", Container: "c-2", Time: t0, Trigger: "held-growth-90"},
+		{Namespace: "x", Pod: "y", Container: "z", Time: time.Unix(0, 0).UTC(), Trigger: "a.b"},
+	}
+	for _, n := range names {
+		for _, profile := range []string{"", "heap", "goroutine", "allocs", "block_1"} {
+			key := n.MetadataKey()
+			if profile != "" {
+				key = n.ProfileKey(profile)
+			}
+			back, gotProfile, err := ParseKey(key)
+			if err != nil {
+				t.Fatalf("ParseKey(%q): %v", key, err)
+			}
+			if back != n || gotProfile != profile {
+				t.Errorf("ParseKey(%q) = %+v, %q; want %+v, %q", key, back, gotProfile, n, profile)
+			}
+		}
+	}
+}
+
+func TestParseKeyRejects(t *testing.T) {
+	for _, key := range []string{
+		"", "shop/api/app", "shop/api/app/20261202T193000.007Z-x-heap.bin",
+		"shop/api/app/20261202T193000.007Z-x-goroutine.pb.gz", // wrong extension for the profile
+		"shop/api/app/20261202T193000.007Z-x-heap.txt",
+		"shop/api/app/20261202T193000.007Z-heap.pb.gz", // no trigger left
+		"shop/api/app/2026-12-02-x.json", "shop/api/20261202T193000.007Z-x.json",
+		"shop/api/app/20261202T193000.007Z-x-.pb.gz",
+	} {
+		if n, p, err := ParseKey(key); !errors.Is(err, ErrBadKey) {
+			t.Errorf("ParseKey(%q) = %+v, %q, %v; want ErrBadKey", key, n, p, err)
+		}
+	}
+}

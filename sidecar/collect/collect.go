@@ -124,6 +124,7 @@ type worker struct {
 	seenAt   time.Time
 	noPprof  bool // the last look found no pprof endpoint
 	wake     chan struct{}
+	tl       timeline // the last minute of samples, for capture metadata
 
 	// Owned by the worker goroutine:
 	procs    map[int]procEndpoint // pprof endpoint (or none) per process
@@ -223,6 +224,18 @@ func (c *Collector) Seen(container string, pids []int) {
 	w.mu.Unlock()
 	if due {
 		w.poke()
+	}
+}
+
+// Observe records a sample in the container's timeline; trigger, when not
+// empty, marks the sample a trigger fired on.
+func (c *Collector) Observe(container string, p capture.Point) {
+	if w := c.worker(container); w != nil {
+		if p.Trigger != "" {
+			w.tl.mark(p.Time, p.Trigger, p)
+		} else {
+			w.tl.add(p)
+		}
 	}
 }
 
@@ -426,6 +439,7 @@ func (w *worker) captureFrom(r Request, ep pprof.Endpoint, first bool) error {
 		Trigger: r.Kind, Reason: r.Reason,
 		DetectedAt: r.DetectedAt, CapturedAt: start,
 		Memory: r.Memory, MemoryStat: r.Stat,
+		Timeline: w.tl.snapshot(start),
 	}
 	name := meta.Name()
 	meta.ID = name.ID()
@@ -493,6 +507,7 @@ func (w *worker) oomKilled(at time.Time) {
 		m.Final = true
 		killed := at.UTC()
 		m.OOMKilledAt = &killed
+		m.Timeline = w.tl.snapshot(at)
 	}
 	var err error
 	if last.held {

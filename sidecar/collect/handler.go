@@ -14,6 +14,7 @@ var _ watch.Handler = Handler{}
 
 // Capture queues a capture for the event's container.
 func (h Handler) Capture(ev watch.Event) {
+	h.C.Observe(ev.Container.Name, point(ev.Sample, ev.Kind))
 	h.C.Enqueue(Request{
 		Container: ev.Container.Name, PIDs: ev.Container.PIDs,
 		Kind: ev.Kind, Reason: ev.Reason, Hold: ev.Hold, DetectedAt: ev.DetectedAt,
@@ -37,4 +38,9 @@ func (h Handler) Suppressed(c watch.Container, kind, why string) {
 func (h Handler) ObserveSample(c watch.Container, s watch.Sample) {
 	h.C.o.Metrics.Usage(c.Name, s.WorkingSet, s.Usage, s.Limit)
 	h.C.Seen(c.Name, c.PIDs)
+	h.C.Observe(c.Name, point(s, ""))
+}
+
+func point(s watch.Sample, trigger string) capture.Point {
+	return capture.Point{Time: s.Time, UsageBytes: s.Usage, WorkingSetBytes: s.WorkingSet, LimitBytes: s.Limit, Trigger: trigger}
 }
