@@ -89,7 +89,7 @@ func (h *Handler) handle(req admission.Request) (admission.Response, string, str
 }
 
 // touchedPod is the part of a pod that injection may change, at the same
-// JSON paths as in the pod: the annotations, shareProcessNamespace, the env
+// JSON paths as in the pod: the labels and annotations, shareProcessNamespace, the env
 // of existing containers, and what is appended to the container and volume
 // lists. The library computes the patch between this part of the typed pod
 // before and after injection, rather than between the request's raw JSON and
@@ -99,6 +99,7 @@ func (h *Handler) handle(req admission.Request) (admission.Response, string, str
 // (managedFields, probes, resources... are left out).
 type touchedPod struct {
 	Metadata struct {
+		Labels      map[string]string `json:"labels,omitempty"`
 		Annotations map[string]string `json:"annotations,omitempty"`
 	} `json:"metadata"`
 	Spec struct {
@@ -126,6 +127,7 @@ type named struct {
 // to what injection may change in them, appended ones are kept whole.
 func touched(p, orig *corev1.Pod) touchedPod {
 	var t touchedPod
+	t.Metadata.Labels = p.Labels
 	t.Metadata.Annotations = p.Annotations
 	t.Spec.ShareProcessNamespace = p.Spec.ShareProcessNamespace
 	t.Spec.InitContainers = project(p.Spec.InitContainers, len(orig.Spec.InitContainers), func(c corev1.Container) any {

@@ -36,6 +36,9 @@ const (
 	StatusAnnotation = settings.AnnotationPrefix + "status"
 	// StatusInjected is the value of StatusAnnotation on injected pods.
 	StatusInjected = "injected"
+	// StatusLabel (= StatusInjected) marks injected pods too, so that the
+	// controller can watch only them with a label selector.
+	StatusLabel = settings.AnnotationPrefix + "status"
 
 	// SpoolVolume is mounted at settings.SpoolDir and holds captures until stored.
 	SpoolVolume = "heapwatch-spool"
@@ -172,6 +175,10 @@ func Inject(pod *corev1.Pod, o Options) Result {
 		pod.Annotations = map[string]string{}
 	}
 	pod.Annotations[StatusAnnotation] = StatusInjected
+	if pod.Labels == nil {
+		pod.Labels = map[string]string{}
+	}
+	pod.Labels[StatusLabel] = StatusInjected
 	return Result{Injected: true, Warnings: warnings}
 }
 

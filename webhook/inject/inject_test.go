@@ -126,6 +126,9 @@ func TestInjectTypicalPod(t *testing.T) {
 			if got := p.Annotations[inject.StatusAnnotation]; got != inject.StatusInjected {
 				t.Errorf("status annotation = %q", got)
 			}
+			if got := p.Labels[inject.StatusLabel]; got != inject.StatusInjected {
+				t.Errorf("status label = %q, want %q", got, inject.StatusInjected)
+			}
 			if native {
 				if n := len(p.Spec.InitContainers); n != 2 || p.Spec.InitContainers[1].Name != inject.SidecarName {
 					t.Fatalf("init containers = %v, want migrate then the sidecar", names(p.Spec.InitContainers))
