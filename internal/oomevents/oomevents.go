@@ -29,9 +29,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -138,10 +140,18 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Buckets: []float64{0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300},
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.Kills, m.LeadTime} {
-		if err := reg.Register(c); err != nil {
-			return nil, err
-		}
+	// A second manager in one process (a restart in tests) shares the
+	// registered series.
+	var are prometheus.AlreadyRegisteredError
+	if err := reg.Register(m.Kills); errors.As(err, &are) {
+		m.Kills = are.ExistingCollector.(*prometheus.CounterVec)
+	} else if err != nil {
+		return nil, err
+	}
+	if err := reg.Register(m.LeadTime); errors.As(err, &are) {
+		m.LeadTime = are.ExistingCollector.(prometheus.Histogram)
+	} else if err != nil {
+		return nil, err
 	}
 	return m, nil
 }
@@ -165,9 +175,14 @@ func NewManager(rc *rest.Config, c Config, log *slog.Logger) (manager.Manager, e
 		LeaderElection:          c.LeaderElection,
 		LeaderElectionID:        "heapwatch-controller",
 		LeaderElectionNamespace: c.LeaderElectionNamespace,
+		// A replaced leader hands over at once rather than after the lease.
+		LeaderElectionReleaseOnCancel: true,
 		// Only injected pods are cached and watched: the API server filters
 		// on the label the webhook sets.
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{&corev1.Pod{}: byObject}},
+		// The binary runs one controller; a manager started again in the
+		// same process (a restart) must not trip the name check.
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating the manager: %w", err)

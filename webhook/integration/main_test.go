@@ -440,7 +440,13 @@ func startOtherInjector(t *testing.T) string {
 // metric returns the value of one series from the server's /metrics.
 func (s *server) metric(t *testing.T, series string) float64 {
 	t.Helper()
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", s.metricsPort))
+	return metricAt(t, s.metricsPort, series)
+}
+
+// metricAt returns the value of one series from /metrics on a loopback port.
+func metricAt(t *testing.T, port int, series string) float64 {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
 	if err != nil {
 		t.Fatal(err)
 	}
