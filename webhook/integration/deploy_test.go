@@ -38,6 +38,9 @@ func TestDeployManifestsApply(t *testing.T) {
 		"kustomize/fail-closed": func() ([]*unstructured.Unstructured, error) {
 			return deploy.Render("../../deploy/kustomize/fail-closed")
 		},
+		"kustomize/with-controller": func() ([]*unstructured.Unstructured, error) {
+			return deploy.Render("../../deploy/kustomize/with-controller")
+		},
 		"helm/defaults": func() ([]*unstructured.Unstructured, error) {
 			return deploy.RenderChart("../../deploy/helm/heapwatch", "heapwatch", "heapwatch-system", nil)
 		},
@@ -51,6 +54,7 @@ func TestDeployManifestsApply(t *testing.T) {
 				"resources":    map[string]any{"limits": map[string]any{"memory": "256Mi"}},
 				"nodeSelector": map[string]any{"kubernetes.io/os": "linux"},
 				"tolerations":  []any{map[string]any{"key": "dedicated", "operator": "Exists"}},
+				"controller":   map[string]any{"enabled": true, "namespace": "shop", "credentialsSecret": "heapwatch-controller-s3"},
 			})
 		},
 	}
@@ -62,6 +66,15 @@ func TestDeployManifestsApply(t *testing.T) {
 			}
 			if len(objs) < 8 {
 				t.Fatalf("rendered only %d objects", len(objs))
+			}
+			// The controller is opt-in: rendered exactly where it is asked for.
+			wantController := name == "kustomize/with-controller" || name == "helm/tuned"
+			hasController := false
+			for _, o := range objs {
+				hasController = hasController || (o.GetKind() == "Deployment" && strings.HasSuffix(o.GetName(), "heapwatch-controller"))
+			}
+			if hasController != wantController {
+				t.Errorf("controller Deployment rendered = %v, want %v", hasController, wantController)
 			}
 			for _, o := range objs {
 				gvk := o.GroupVersionKind()
