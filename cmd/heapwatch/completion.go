@@ -25,13 +25,14 @@ _heapwatch() {
     --output) COMPREPLY=($(compgen -W "table json" -- "$cur")); return ;;
   esac
   if [[ -z "$cmd" ]]; then
-    COMPREPLY=($(compgen -W "ls get top open diff completion version help --storage --output" -- "$cur"))
+    COMPREPLY=($(compgen -W "ls get top open diff explain completion version help --storage --output" -- "$cur"))
     return
   fi
   case "$cmd" in
     ls) COMPREPLY=($(compgen -W "--namespace --pod --container --since --limit -q --output --storage" -- "$cur")) ;;
     get) COMPREPLY=($(compgen -W "-o --output --storage $(heapwatch $storage ls -q --limit 200 2>/dev/null)" -- "$cur")) ;;
     top|open|diff) COMPREPLY=($(compgen -W "heap allocs goroutine --native --http --no-browser --sample-index --nodes -o --storage $(heapwatch $storage ls -q --limit 200 2>/dev/null)" -- "$cur")) ;;
+    explain) COMPREPLY=($(compgen -W "--plot --nodes -o --output --storage $(heapwatch $storage ls -q --limit 200 2>/dev/null)" -- "$cur")) ;;
     completion) COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")) ;;
   esac
 }
@@ -47,6 +48,7 @@ _heapwatch() {
     'top:top functions of a profile'
     'open:pprof web UI on a profile'
     'diff:what grew between two captures'
+    'explain:the last OOM kill in one screen'
     'completion:shell completion script'
     'version:print the version'
   )
@@ -57,7 +59,7 @@ _heapwatch() {
   case "$words[2]" in
     ls) _arguments '--namespace[namespace]:namespace:' '--pod[pod]:pod:' '--container[container]:container:' \
           '--since[newer than]:duration:' '--limit[at most]:number:' '-q[IDs only]' '--output[format]:format:(table json)' ;;
-    get|top|open|diff)
+    get|top|open|diff|explain)
       captures=(${(f)"$(heapwatch ls -q --limit 200 2>/dev/null)"})
       _alternative 'captures:capture:compadd -a captures' 'profiles:profile:(heap allocs goroutine)' ;;
     completion) _values 'shell' bash zsh fish ;;
@@ -66,7 +68,7 @@ _heapwatch() {
 compdef _heapwatch heapwatch
 `
 	fishCompletion = `# heapwatch fish completion: heapwatch completion fish > ~/.config/fish/completions/heapwatch.fish
-set -l cmds ls get top open diff completion version help
+set -l cmds ls get top open diff explain completion version help
 complete -c heapwatch -f
 complete -c heapwatch -n "not __fish_seen_subcommand_from $cmds" -a "$cmds"
 complete -c heapwatch -l storage -r -d 'storage URL'
@@ -76,7 +78,7 @@ complete -c heapwatch -n '__fish_seen_subcommand_from ls' -l pod -x -d pod
 complete -c heapwatch -n '__fish_seen_subcommand_from ls' -l container -x -d container
 complete -c heapwatch -n '__fish_seen_subcommand_from ls' -l since -x -d 'newer than (2h, 7d)'
 complete -c heapwatch -n '__fish_seen_subcommand_from ls' -l limit -x -d 'at most N'
-complete -c heapwatch -n '__fish_seen_subcommand_from get top open diff' -a '(heapwatch ls -q --limit 200 2>/dev/null)'
+complete -c heapwatch -n '__fish_seen_subcommand_from get top open diff explain' -a '(heapwatch ls -q --limit 200 2>/dev/null)'
 complete -c heapwatch -n '__fish_seen_subcommand_from top open diff' -a 'heap allocs goroutine'
 complete -c heapwatch -n '__fish_seen_subcommand_from top diff' -l native -d 'built-in report'
 complete -c heapwatch -n '__fish_seen_subcommand_from open diff' -l http -x -d 'web UI address'

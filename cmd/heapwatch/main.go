@@ -43,6 +43,8 @@ Commands:
   open <capture> [profile]   the pprof web UI on a profile
   diff <older> <newer> [profile]
                              what grew between two captures (pprof -diff_base)
+  explain <namespace>/<pod>[/<container>] | <capture> [--plot FILE.svg]
+                             the last OOM kill in one screen: timeline, verdict, what grew
   completion bash|zsh|fish   a shell completion script
   version                    print the version
 
@@ -151,6 +153,8 @@ func (a *app) dispatch(ctx context.Context, args []string) error {
 		return a.openUI(ctx, args)
 	case "diff":
 		return a.diff(ctx, args)
+	case "explain":
+		return a.explain(ctx, args)
 	case "completion":
 		return a.completion(args)
 	case "version":
