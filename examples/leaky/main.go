@@ -4,7 +4,7 @@
 //
 // Each shape leaks from its own function (leakLinear, leakDoubling,
 // leakBurst, leakJump) so the top in-use function of a heap profile names the
-// shape that was running.
+// shape that was running; shmem grows a tmpfs file instead of the Go heap.
 package main
 
 import (
@@ -37,6 +37,7 @@ type options struct {
 	limit      int64
 	jumpLevel  float64
 	jumpHold   time.Duration
+	shmFile    string
 }
 
 func main() {
@@ -44,7 +45,7 @@ func main() {
 	flag.StringVar(&o.addr, "addr", "127.0.0.1:6060", "listen address of the pprof server; empty disables it")
 	flag.StringVar(&o.pprofPath, "pprof-path", "/debug/pprof", "URL path under which pprof is served")
 	flag.StringVar(&o.silentAddr, "silent-addr", "", "also listen here, accept connections and never answer (a port the sidecar must not hang on)")
-	flag.StringVar(&o.shape, "shape", "linear", "leak shape: linear, doubling, burst, jump or none")
+	flag.StringVar(&o.shape, "shape", "linear", "leak shape: linear, doubling, burst, jump, shmem or none")
 	flag.DurationVar(&o.delay, "delay", 2*time.Second, "wait this long before leaking, so a watcher can find the pprof port first")
 	flag.Float64Var(&o.rateMB, "rate", 20, "linear: MiB leaked per second")
 	flag.Float64Var(&o.burstMB, "burst-rate", 400, "burst: MiB leaked per second")
@@ -52,6 +53,7 @@ func main() {
 	flag.Int64Var(&o.limit, "limit", 0, "jump: the memory limit in bytes; 0 reads it from /sys/fs/cgroup/memory (v1) or /sys/fs/cgroup/memory.max (v2)")
 	flag.Float64Var(&o.jumpLevel, "jump-level", 0.45, "jump: fraction of the limit to sit at before the jump")
 	flag.DurationVar(&o.jumpHold, "jump-hold", 3*time.Second, "jump: how long to sit at jump-level before the one allocation past the limit")
+	flag.StringVar(&o.shmFile, "shm-file", "/dev/shm/leaky", "shmem: the tmpfs file to grow (a memory-backed emptyDir or /dev/shm in a pod)")
 	flag.Parse()
 
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
@@ -124,10 +126,15 @@ func leakFunc(o options) (func(), error) {
 			return nil, errors.New("-jump-level must be between 0 and 1")
 		}
 		return func() { leakJump(limit, o.jumpLevel, o.jumpHold) }, nil
+	case "shmem":
+		if o.rateMB <= 0 || o.shmFile == "" {
+			return nil, errors.New("shmem needs a positive -rate and a -shm-file")
+		}
+		return func() { leakShmem(o.shmFile, o.rateMB) }, nil
 	case "none":
 		return func() {}, nil
 	}
-	return nil, fmt.Errorf("unknown -shape %q (linear, doubling, burst, jump, none)", o.shape)
+	return nil, fmt.Errorf("unknown -shape %q (linear, doubling, burst, jump, shmem, none)", o.shape)
 }
 
 func pprofMux(path string) *http.ServeMux {
@@ -227,6 +234,25 @@ func leakJump(limit int64, level float64, hold time.Duration) {
 	}
 	time.Sleep(hold)
 	leaked = append(leaked, touch(make([]byte, limit)))
+}
+
+// leakShmem grows a file on tmpfs by rateMB MiB per second: the pages are
+// shmem charged to the container's cgroup, so the working set grows while
+// the Go heap stays as it was (one reused 1 MiB buffer).
+func leakShmem(path string, rateMB float64) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		slog.Error("shmem leak", "err", err)
+		return
+	}
+	buf := touch(make([]byte, mib))
+	every := time.Duration(float64(time.Second) / rateMB)
+	for range time.Tick(every) {
+		if _, err := f.Write(buf); err != nil {
+			slog.Error("shmem leak", "err", err)
+			return
+		}
+	}
 }
 
 // cgroupLimit reads the memory limit of the cgroup the process sees at

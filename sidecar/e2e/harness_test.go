@@ -33,7 +33,7 @@ const (
 )
 
 // Binaries built once per test binary.
-var sidecarBin, leakyBin string
+var sidecarBin, leakyBin, heapwatchBin string
 
 // unsupported says why pods cannot be emulated here; empty when they can.
 var unsupported string
@@ -53,8 +53,8 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	sidecarBin, leakyBin = filepath.Join(dir, "sidecar"), filepath.Join(dir, "leaky")
-	for bin, pkg := range map[string]string{sidecarBin: "../../cmd/sidecar", leakyBin: "../../examples/leaky"} {
+	sidecarBin, leakyBin, heapwatchBin = filepath.Join(dir, "sidecar"), filepath.Join(dir, "leaky"), filepath.Join(dir, "heapwatch")
+	for bin, pkg := range map[string]string{sidecarBin: "../../cmd/sidecar", leakyBin: "../../examples/leaky", heapwatchBin: "../../cmd/heapwatch"} {
 		out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "go build %s: %v\n%s", pkg, err, out)
