@@ -40,17 +40,21 @@ func heapOf(t *testing.T, inuse map[string]int64) []byte {
 	return b.Bytes()
 }
 
-// putMeta stores a capture with the given metadata fields and heap profile.
-func putMeta(t *testing.T, st store.Store, m capture.Metadata, heap []byte) string {
+// putMeta stores a capture the way the sidecar does: its profiles, then
+// the metadata m completed with their keys.
+func putMeta(t testing.TB, st store.Store, m capture.Metadata, profiles map[string][]byte) string {
 	t.Helper()
 	ctx := context.Background()
 	m.SchemaVersion = capture.SchemaVersion
 	n := m.Name()
 	m.ID = n.ID()
-	if err := st.Put(ctx, n.ProfileKey("heap"), bytes.NewReader(heap), int64(len(heap))); err != nil {
-		t.Fatal(err)
+	for p, data := range profiles {
+		key := n.ProfileKey(p)
+		if err := st.Put(ctx, key, bytes.NewReader(data), int64(len(data))); err != nil {
+			t.Fatal(err)
+		}
+		m.Profiles = append(m.Profiles, capture.Profile{Name: p, Key: key, Bytes: int64(len(data))})
 	}
-	m.Profiles = []capture.Profile{{Name: "heap", Key: n.ProfileKey("heap"), Bytes: int64(len(heap))}}
 	doc, err := json.Marshal(m)
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +75,7 @@ func explainFixture(t *testing.T, st store.Store, shmem bool) (first, final stri
 	killed := older.CapturedAt.Add(time.Second)
 	older.OOMKilledAt = &killed
 	older.Memory = capture.Memory{UsageBytes: 120 * mib, WorkingSetBytes: 118 * mib, LimitBytes: 128 * mib}
-	putMeta(t, st, older, heapOf(t, map[string]int64{"main.old": 100 * mib}))
+	putMeta(t, st, older, map[string][]byte{"heap": heapOf(t, map[string]int64{"main.old": 100 * mib})})
 
 	early := base
 	early.CapturedAt, early.Trigger = t0, "threshold-60"
@@ -101,8 +105,8 @@ func explainFixture(t *testing.T, st store.Store, shmem bool) (first, final stri
 		earlyHeap = map[string]int64{"main.serializeJSON": 60 * mib, "main.serve": 4 * mib}
 		finalHeap = map[string]int64{"main.serializeJSON": 108 * mib, "main.serve": 4 * mib}
 	}
-	first = putMeta(t, st, early, heapOf(t, earlyHeap))
-	final = putMeta(t, st, fin, heapOf(t, finalHeap))
+	first = putMeta(t, st, early, map[string][]byte{"heap": heapOf(t, earlyHeap)})
+	final = putMeta(t, st, fin, map[string][]byte{"heap": heapOf(t, finalHeap)})
 	return first, final
 }
 

@@ -93,10 +93,8 @@ func (c capt) name() capture.Name {
 // put stores a capture the way the sidecar does: profiles, then metadata.
 func (c capt) put(t testing.TB, st store.Store) string {
 	t.Helper()
-	ctx := context.Background()
-	n := c.name()
 	m := capture.Metadata{
-		SchemaVersion: capture.SchemaVersion, ID: n.ID(), Namespace: c.ns, Pod: c.pod, Container: c.container,
+		Namespace: c.ns, Pod: c.pod, Container: c.container,
 		PID: 42, Port: 6060, Trigger: c.trigger, Reason: "test capture",
 		DetectedAt: c.at, CapturedAt: c.at, CompletedAt: c.at.Add(30 * time.Millisecond),
 		Memory: capture.Memory{UsageBytes: c.usage, WorkingSetBytes: c.usage, LimitBytes: c.limit},
@@ -106,21 +104,7 @@ func (c capt) put(t testing.TB, st store.Store) string {
 		killed := c.at.Add(400 * time.Millisecond)
 		m.OOMKilledAt = &killed
 	}
-	for p, data := range c.profiles {
-		key := n.ProfileKey(p)
-		if err := st.Put(ctx, key, bytes.NewReader(data), int64(len(data))); err != nil {
-			t.Fatal(err)
-		}
-		m.Profiles = append(m.Profiles, capture.Profile{Name: p, Key: key, Bytes: int64(len(data))})
-	}
-	doc, err := json.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Put(ctx, n.MetadataKey(), bytes.NewReader(doc), int64(len(doc))); err != nil {
-		t.Fatal(err)
-	}
-	return n.ID()
+	return putMeta(t, st, m, c.profiles)
 }
 
 var t0 = time.Date(2026, 11, 23, 14, 1, 2, 123e6, time.UTC)
