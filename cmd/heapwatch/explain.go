@@ -18,13 +18,16 @@ import (
 )
 
 const explainHelp = `Usage: heapwatch explain <namespace>/<pod>[/<container>] | <capture> [--plot FILE.svg] [--nodes N] [-o dir]
+       heapwatch explain -n <namespace> [<pod>[/<container>]] [--kubeconfig FILE] [--context NAME]
 
 Explains the last OOM kill of a container in one screen: the kill and the
 final capture before it, the memory timeline of the minute before, where the
 memory was (Go heap vs the cgroup's anon/file/shmem/kernel) with a verdict,
 what grew since the earliest capture of the same container run, and the
 commands to open the flame graph and the diff. --plot writes the timeline as
-an SVG image.
+an SVG image. With -n/--namespace alone it lists the namespace's recent OOM
+kills, read from the API server with your kubeconfig as kubectl does, next to
+the capture each has.
 `
 
 // explainReport is what explain prints, and its --output json.
@@ -62,9 +65,19 @@ func (a *app) explain(ctx context.Context, args []string) error {
 	plot := fs.String("plot", "", "write the memory timeline to this SVG file")
 	nodes := fs.Int("nodes", 5, "number of functions in what grew")
 	dir := fs.String("o", "", "directory to save the profiles to (default the user cache directory)")
-	pos, err := a.parse(fs, args, 1, 1)
+	var kc kubeFlags
+	kc.register(fs)
+	pos, err := a.parse(fs, args, 0, 1)
 	if err != nil {
 		return err
+	}
+	switch {
+	case len(pos) == 0 && kc.namespace == "":
+		return fmt.Errorf("%w: explain takes a pod or capture, or -n <namespace> to list its OOM kills", errUsage)
+	case len(pos) == 0:
+		return a.listKills(ctx, kc)
+	case kc.namespace != "":
+		pos[0] = kc.namespace + "/" + pos[0]
 	}
 	if *plot != "" && !strings.EqualFold(filepath.Ext(*plot), ".svg") {
 		return fmt.Errorf("%w: --plot %q: only SVG is written (name the file .svg)", errUsage, *plot)

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,6 +20,8 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/heapwatch/heapwatch/internal/oomevents"
 	"github.com/heapwatch/heapwatch/sidecar/capture"
@@ -107,7 +111,13 @@ func storeFinal(t *testing.T, st store.Store, pod *corev1.Pod, container string,
 		DetectedAt: at, CapturedAt: at, CompletedAt: at.Add(50 * time.Millisecond),
 		Memory:   capture.Memory{UsageBytes: 950 << 20, WorkingSetBytes: 940 << 20, LimitBytes: 1 << 30},
 		Profiles: []capture.Profile{{Name: "heap", Key: n.ProfileKey("heap"), Bytes: int64(len(heap))}},
-		Final:    true, OOMKilledAt: &killed}
+		Final:    true, OOMKilledAt: &killed,
+		MemoryStat: map[string]uint64{"anon": 900 << 20, "file": 30 << 20, "shmem": 0, "kernel": 20 << 20}}
+	for i := range 10 {
+		ws := uint64(500+50*i) << 20
+		m.Timeline = append(m.Timeline, capture.Point{Time: at.Add(time.Duration(i-9) * time.Second), UsageBytes: ws,
+			WorkingSetBytes: ws, LimitBytes: 1 << 30, Trigger: map[bool]string{true: n.Trigger}[i == 9]})
+	}
 	meta, err := json.Marshal(m)
 	if err != nil {
 		t.Fatal(err)
@@ -299,4 +309,68 @@ func TestControllerPostsOOMEvents(t *testing.T) {
 	if evs := eventsOf(t, cs, plain); len(evs) != 0 {
 		t.Errorf("pod that was not injected got events: %+v", evs)
 	}
+
+	// From the Event to the line: the CLI lists the namespace's kills from
+	// the API server with a kubeconfig, and explains the pod.
+	hw := buildCLI(t)
+	kubeconfig := writeKubeconfig(t)
+	out := runCLI(t, hw, "--storage", url, "explain", "--kubeconfig", kubeconfig, "-n", ns)
+	rows := map[string]string{} // pod/container: the rest of its row
+	for line := range strings.SplitSeq(out, "\n") {
+		if f := strings.Fields(line); len(f) >= 4 {
+			rows[f[2]] = strings.Join(f[3:], " ")
+		}
+	}
+	for pod, want := range map[string]string{"api-captured/app": "2 " + id2, "api-uncaptured/app": "1 - (none in", "api-late/app": "1 " + ns + "/api-late/app/"} {
+		if !strings.HasPrefix(rows[pod], want) {
+			t.Errorf("explain -n %s: row of %s is %q, want it to start with %q:\n%s", ns, pod, rows[pod], want, out)
+		}
+	}
+	if _, ok := rows["api-plain/app"]; ok {
+		t.Errorf("explain -n %s lists a pod of another namespace:\n%s", ns, out)
+	}
+	out = runCLI(t, hw, "--storage", url, "explain", "--kubeconfig", kubeconfig, "-n", ns, "api-captured")
+	for _, want := range []string{"Capture   " + id2 + " (final before the OOM kill)", "Verdict   the Go heap explains",
+		"Timeline  working set (#) against the limit (-), 10 samples", "main.cacheRows", "open " + id2} {
+		if !strings.Contains(out, want) {
+			t.Errorf("explain %s/api-captured lacks %q:\n%s", ns, want, out)
+		}
+	}
+}
+
+// buildCLI builds cmd/heapwatch for the test.
+func buildCLI(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "heapwatch")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/heapwatch").CombinedOutput(); err != nil {
+		t.Fatalf("go build cmd/heapwatch: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func runCLI(t *testing.T, bin string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(bin, append(args, "-o", t.TempDir())...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("heapwatch %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// writeKubeconfig writes a kubeconfig for the test API server, as a user
+// would have one.
+func writeKubeconfig(t *testing.T) string {
+	t.Helper()
+	c := restConfig
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["envtest"] = &clientcmdapi.Cluster{Server: c.Host, CertificateAuthorityData: c.CAData}
+	cfg.AuthInfos["admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: c.CertData, ClientKeyData: c.KeyData, Token: c.BearerToken}
+	cfg.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "admin"}
+	cfg.CurrentContext = "envtest"
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"slices"
+	"text/tabwriter"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/heapwatch/heapwatch/sidecar/catalog"
+)
+
+// kubeFlags read the kubeconfig the way kubectl does: $KUBECONFIG or
+// ~/.kube/config, --kubeconfig, --context, in-cluster when there is none.
+type kubeFlags struct {
+	namespace, kubeconfig, context string
+}
+
+func (k *kubeFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&k.namespace, "namespace", "", "the pod's namespace; alone, list the namespace's recent OOM kills")
+	fs.StringVar(&k.namespace, "n", "", "short for --namespace")
+	fs.StringVar(&k.kubeconfig, "kubeconfig", "", "path to the kubeconfig file (default $KUBECONFIG or ~/.kube/config)")
+	fs.StringVar(&k.context, "context", "", "the kubeconfig context to use")
+}
+
+func (k *kubeFlags) client() (kubernetes.Interface, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = k.kubeconfig
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
+		&clientcmd.ConfigOverrides{CurrentContext: k.context}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	return kubernetes.NewForConfig(cfg)
+}
+
+// killRow is one OOM kill a pod's status records.
+type killRow struct {
+	Pod        string    `json:"pod"`
+	Container  string    `json:"container"`
+	FinishedAt time.Time `json:"finishedAt"`
+	Restarts   int32     `json:"restarts"`
+	Capture    string    `json:"capture,omitempty"`
+	Why        string    `json:"noCapture,omitempty"`
+}
+
+// listKills prints the namespace's OOM kills (each container's last
+// termination, as the kubelet keeps it), newest first, with their captures.
+func (a *app) listKills(ctx context.Context, k kubeFlags) error {
+	cs, err := k.client()
+	if err != nil {
+		return err
+	}
+	pods, err := cs.CoreV1().Pods(k.namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("listing pods in %s: %w", k.namespace, err)
+	}
+	st, err := a.openStore(ctx)
+	if err != nil {
+		return err
+	}
+	var rows []killRow
+	for _, p := range pods.Items {
+		for _, c := range p.Status.ContainerStatuses {
+			t := c.LastTerminationState.Terminated
+			if t == nil || t.Reason != "OOMKilled" {
+				continue
+			}
+			row := killRow{Pod: p.Name, Container: c.Name, FinishedAt: t.FinishedAt.UTC(), Restarts: c.RestartCount}
+			final, _, err := catalog.FindFinal(ctx, st, catalog.Kill{Namespace: p.Namespace, Pod: p.Name,
+				PodUID: string(p.UID), Container: c.Name, At: t.FinishedAt.Time}, catalog.DefaultTolerance)
+			switch {
+			case err != nil:
+				row.Why = err.Error()
+			case final == nil:
+				row.Why = "none in " + st.String()
+			default:
+				row.Capture = final.ID
+			}
+			rows = append(rows, row)
+		}
+	}
+	slices.SortFunc(rows, func(x, y killRow) int { return y.FinishedAt.Compare(x.FinishedAt) })
+	if a.jsonOutput() {
+		if rows == nil {
+			rows = []killRow{}
+		}
+		return writeJSON(a.stdout, rows)
+	}
+	if len(rows) == 0 {
+		fmt.Fprintf(a.stderr, "no OOM kills recorded in the pods of namespace %s\n", k.namespace)
+		return nil
+	}
+	tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "KILLED (UTC)\tPOD/CONTAINER\tRESTARTS\tCAPTURE")
+	for _, r := range rows {
+		capt := r.Capture
+		if capt == "" {
+			capt = "- (" + r.Why + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s/%s\t%d\t%s\n", r.FinishedAt.Format("2006-01-02 15:04:05"), r.Pod, r.Container, r.Restarts, capt)
+	}
+	return tw.Flush()
+}
