@@ -27,8 +27,9 @@ help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
-build: ## Build the webhook, sidecar, CLI and example leaky app into ./bin.
+build: ## Build the webhook, sidecar, controller, CLI (also as kubectl-heapwatch) and example leaky app into ./bin.
 	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/... ./examples/...
+	ln -sf heapwatch $(BIN)/kubectl-heapwatch  # the CLI as a kubectl plugin: kubectl heapwatch ...
 
 .PHONY: envtest
 envtest: ## Build kube-apiserver and etcd for the integration tests (about 8 min cold, seconds when cached).
@@ -72,3 +73,4 @@ run-webhook: ## Run the webhook here with a self-signed certificate (caBundle: /
 images: ## Build the container images (needs a Docker engine with buildx).
 	docker buildx build --platform $(PLATFORMS) --build-arg VERSION=$(VERSION) -f Dockerfile.webhook -t $(REGISTRY)/heapwatch-webhook:$(VERSION) .
 	docker buildx build --platform $(PLATFORMS) --build-arg VERSION=$(VERSION) -f Dockerfile.sidecar -t $(REGISTRY)/heapwatch-sidecar:$(VERSION) .
+	docker buildx build --platform $(PLATFORMS) --build-arg VERSION=$(VERSION) -f Dockerfile.controller -t $(REGISTRY)/heapwatch-controller:$(VERSION) .
