@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -288,7 +289,7 @@ func eventName(pod *corev1.Pod, container string, finished time.Time) string {
 	h := sha256.Sum256([]byte(string(pod.UID) + "/" + container + "/" + finished.UTC().Format(time.RFC3339Nano)))
 	name := pod.Name
 	if len(name) > 200 {
-		name = name[:200]
+		name = strings.TrimRight(name[:200], "-.") // a label must end alphanumeric
 	}
 	return name + ".heapwatch-" + hex.EncodeToString(h[:8])
 }
