@@ -33,7 +33,7 @@ func TestCapabilitiesSufficientAndNecessary(t *testing.T) {
 	if err != nil {
 		t.Skip("needs setpriv (util-linux) to run a reader with limited capabilities")
 	}
-	sc := inject.Sidecar(options().Defaults, options()).SecurityContext
+	sc := inject.Sidecar(options().Defaults, options(), inject.Security{Mode: settings.SecurityModePrivilegedReader}).SecurityContext
 	if *sc.RunAsUser != 0 || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
 		t.Fatalf("the sidecar no longer runs as uid 0 with ALL dropped; this test models that")
 	}

@@ -338,12 +338,14 @@ func TestSidecarGolden(t *testing.T) {
 		name string
 		opts inject.Options
 		ann  map[string]string
+		sec  inject.Security
 	}{
-		{"native-defaults", options(), nil},
+		{"native-defaults", options(), nil, inject.Security{Mode: settings.SecurityModePrivilegedReader}},
+		{"native-same-uid", options(), nil, inject.Security{Mode: settings.SecurityModeSameUID, UID: 1000, GID: 3000}},
 		{"regular-s3-credentials", options(func(o *inject.Options) {
 			o.NativeSidecar = false
 			o.CredentialsSecret = "heapwatch-s3"
-		}), map[string]string{"heapwatch.io/storage": "s3://captures/team-a?region=eu-west-1", "heapwatch.io/cpu-limit": "2", "heapwatch.io/memory-limit": "256Mi"}},
+		}), map[string]string{"heapwatch.io/storage": "s3://captures/team-a?region=eu-west-1", "heapwatch.io/cpu-limit": "2", "heapwatch.io/memory-limit": "256Mi"}, inject.Security{Mode: settings.SecurityModePrivilegedReader}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -351,7 +353,7 @@ func TestSidecarGolden(t *testing.T) {
 			if len(problems) > 0 {
 				t.Fatalf("problems: %v", problems)
 			}
-			got, err := yaml.Marshal(inject.Sidecar(cfg, tt.opts))
+			got, err := yaml.Marshal(inject.Sidecar(cfg, tt.opts, tt.sec))
 			if err != nil {
 				t.Fatal(err)
 			}
