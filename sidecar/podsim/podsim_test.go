@@ -207,7 +207,7 @@ func TestUser(t *testing.T) {
 	var out bytes.Buffer
 	p := startPod(t, Spec{Name: t.Name(), Containers: []ContainerSpec{
 		{Name: "app", User: &User{UID: 1234, GID: 2345}, MemoryLimit: 64 << 20,
-			Argv: []string{"sh", "-c", "grep -E '^(Uid|Gid|Groups|Cap[A-Za-z]+|NoNewPrivs):' /proc/self/status; cat /sys/fs/cgroup/memory/memory.limit_in_bytes"},
+			Argv:   []string{"sh", "-c", "grep -E '^(Uid|Gid|Groups|Cap[A-Za-z]+|NoNewPrivs):' /proc/self/status; cat /sys/fs/cgroup/memory/memory.limit_in_bytes"},
 			Stdout: &out},
 	}})
 	if code := waitExit(t, p.Container("app")); code != 0 {
