@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/heapwatch/heapwatch/sidecar/podsim"
 )
 
 // shapes are the leak shapes of the issue, each leaking from its own
@@ -41,6 +43,27 @@ func TestOOMKillLeavesFinalHeapProfile(t *testing.T) {
 			}
 			if r.sidecar.ExitCode() != -1 {
 				t.Errorf("sidecar exited with %d; it must outlive the app's OOM kill", r.sidecar.ExitCode())
+			}
+		})
+	}
+}
+
+// TestOOMKillSameUIDNoCapabilities: the leak shapes again, with app and
+// sidecar both running as uid and gid 1000 with no capability at all and
+// no_new_privs, as the webhook's same-uid mode runs them.
+func TestOOMKillSameUIDNoCapabilities(t *testing.T) {
+	for _, tt := range shapes {
+		t.Run(tt.shape, func(t *testing.T) {
+			r := startPod(t, podOptions{shape: tt.shape, appArgs: tt.args, user: &podsim.User{UID: 1000, GID: 1000}})
+			r.expectFinalHeap(t, tt.fn)
+			var start *logRecord
+			for _, rec := range logRecords(r.logs.String()) {
+				if rec.Msg == "heapwatch sidecar starting" {
+					start = &rec
+				}
+			}
+			if start == nil || start.SecurityMode != "same-uid" || start.UID != 1000 || start.GID != 1000 {
+				t.Errorf("sidecar start log %+v, want securityMode same-uid as 1000:1000", start)
 			}
 		})
 	}
