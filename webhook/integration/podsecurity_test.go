@@ -3,18 +3,16 @@ package integration
 import (
 	"context"
 	"flag"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/heapwatch/heapwatch/sidecar/settings"
 	"github.com/heapwatch/heapwatch/webhook/inject"
+	"github.com/heapwatch/heapwatch/webhook/internal/golden"
 	"github.com/heapwatch/heapwatch/webhook/internal/podgen"
 )
 
@@ -40,7 +38,7 @@ func TestPodSecurityLevels(t *testing.T) {
 				}
 				assertInjected(t, got)
 				assertMode(t, got, settings.SecurityModeSameUID)
-				golden(t, "same-uid", sidecarOf(got))
+				golden.YAML(t, "testdata/sidecar-same-uid.yaml", sidecarOf(got), *update)
 			})
 
 			t.Run("privileged-reader requested: same-uid with a warning", func(t *testing.T) {
@@ -85,7 +83,7 @@ func TestPodSecurityLevels(t *testing.T) {
 		}
 		assertInjected(t, got)
 		assertMode(t, got, settings.SecurityModePrivilegedReader)
-		golden(t, "privileged-reader", sidecarOf(got))
+		golden.YAML(t, "testdata/sidecar-privileged-reader.yaml", sidecarOf(got), *update)
 	})
 
 	t.Run("no Pod Security label, pod with ids: same-uid sidecar", func(t *testing.T) {
@@ -123,31 +121,5 @@ func assertMode(t *testing.T, p *corev1.Pod, mode string) {
 		if *sec.RunAsUser != 0 || len(sec.Capabilities.Add) != 2 {
 			t.Errorf("privileged-reader sidecar securityContext %+v", sec)
 		}
-	}
-}
-
-// golden compares the sidecar as the API server stored it (defaults
-// applied) with testdata/<name>.yaml; -update rewrites it.
-func golden(t *testing.T, name string, c *corev1.Container) {
-	t.Helper()
-	got, err := yaml.Marshal(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join("testdata", "sidecar-"+name+".yaml")
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test ./webhook/integration -update to create it)", err)
-	}
-	if string(got) != string(want) {
-		t.Errorf("sidecar as stored differs from %s (run go test ./webhook/integration -update after an intended change):\n%s", path, got)
 	}
 }
