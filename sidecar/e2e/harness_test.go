@@ -142,9 +142,6 @@ func startPod(t testing.TB, o podOptions) *podRun {
 	}
 	env := append([]string{"HEAPWATCH_STORAGE=" + r.storage, "POD_NAME=leaky-0", "POD_NAMESPACE=e2e",
 		"POD_UID=0000-1111", "NODE_NAME=node-e2e"}, o.env...)
-	if o.user != nil {
-		env = append(env, "HEAPWATCH_SECURITY_MODE=same-uid")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	pod, err := podsim.Start(ctx, podsim.Spec{Name: "e2e", Net: !o.sharedNet, Containers: []podsim.ContainerSpec{
