@@ -71,7 +71,7 @@ func securityContext(s Security) *corev1.SecurityContext {
 // the privileged reader. A non-empty refusal means the pod cannot get a
 // sidecar at all and says what to set.
 func chooseSecurity(pod *corev1.Pod, cfg settings.Config, sameUIDOnly bool) (s Security, warnings []string, refusal string) {
-	uid, gid, why := sameUID(pod, cfg)
+	uid, gid, why, fix := sameUID(pod, cfg)
 	source := annotation("security-mode")
 	if _, set := pod.Annotations[source]; !set {
 		source = "--default-security-mode"
@@ -79,7 +79,7 @@ func chooseSecurity(pod *corev1.Pod, cfg settings.Config, sameUIDOnly bool) (s S
 	switch {
 	case sameUIDOnly && why != "":
 		return Security{}, nil, "this namespace enforces Pod Security baseline or restricted, which admits the sidecar only " +
-			"with the app's own uid and gid (" + why + "); set runAsUser and runAsGroup (non-zero) in the pod's securityContext"
+			"with the app's own uid and gid (" + why + "); " + fix
 	case sameUIDOnly && cfg.SecurityMode == settings.SecurityModePrivilegedReader:
 		warnings = append(warnings, fmt.Sprintf("%s: %s is refused by this namespace's Pod Security level; using %s",
 			source, settings.SecurityModePrivilegedReader, settings.SecurityModeSameUID))
@@ -95,11 +95,20 @@ func chooseSecurity(pod *corev1.Pod, cfg settings.Config, sameUIDOnly bool) (s S
 	return Security{Mode: settings.SecurityModeSameUID, UID: uid, GID: gid}, warnings, ""
 }
 
+// Remedies for a pod that cannot have a same-uid sidecar, for the warning
+// in namespaces where nothing else is allowed.
+const (
+	fixIDs        = "set runAsUser and runAsGroup (non-zero) in the pod's securityContext"
+	fixSameIDs    = "set the same runAsUser and runAsGroup for every watched container, or watch fewer with heapwatch.io/containers"
+	fixPrivileges = "the sidecar cannot read a container with more privileges than its own: exclude it with heapwatch.io/containers"
+	fixWatched    = "name containers of the pod in heapwatch.io/containers"
+)
+
 // sameUID returns the uid and gid every watched container runs with, or why
-// the pod does not allow a same-uid sidecar. Only the spec counts: the
-// webhook cannot see an image's USER, and guessing would give a sidecar that
-// cannot read the app.
-func sameUID(pod *corev1.Pod, cfg settings.Config) (uid, gid int64, why string) {
+// the pod does not allow a same-uid sidecar and what would. Only the spec
+// counts: the webhook cannot see an image's USER, and guessing would give a
+// sidecar that cannot read the app.
+func sameUID(pod *corev1.Pod, cfg settings.Config) (uid, gid int64, why, fix string) {
 	first := ""
 	for _, c := range pod.Spec.Containers {
 		if c.Name == SidecarName || !watched(cfg, c.Name) {
@@ -107,29 +116,29 @@ func sameUID(pod *corev1.Pod, cfg settings.Config) (uid, gid int64, why string) 
 		}
 		sc := c.SecurityContext
 		if sc != nil && ptr.Deref(sc.Privileged, false) {
-			return 0, 0, fmt.Sprintf("container %s is privileged", c.Name)
+			return 0, 0, fmt.Sprintf("container %s is privileged", c.Name), fixPrivileges
 		}
 		if sc != nil && sc.Capabilities != nil && len(sc.Capabilities.Add) > 0 {
-			return 0, 0, fmt.Sprintf("container %s adds capabilities %v", c.Name, sc.Capabilities.Add)
+			return 0, 0, fmt.Sprintf("container %s adds capabilities %v", c.Name, sc.Capabilities.Add), fixPrivileges
 		}
 		u, g := runAs(pod, sc)
 		switch {
 		case u == nil:
-			return 0, 0, fmt.Sprintf("container %s: no runAsUser", c.Name)
+			return 0, 0, fmt.Sprintf("container %s: no runAsUser", c.Name), fixIDs
 		case g == nil:
-			return 0, 0, fmt.Sprintf("container %s: no runAsGroup", c.Name)
+			return 0, 0, fmt.Sprintf("container %s: no runAsGroup", c.Name), fixIDs
 		case *u == 0:
-			return 0, 0, fmt.Sprintf("container %s runs as root", c.Name)
+			return 0, 0, fmt.Sprintf("container %s runs as root", c.Name), fixIDs
 		case first == "":
 			first, uid, gid = c.Name, *u, *g
 		case *u != uid || *g != gid:
-			return 0, 0, fmt.Sprintf("containers %s and %s run as %d:%d and %d:%d", first, c.Name, uid, gid, *u, *g)
+			return 0, 0, fmt.Sprintf("containers %s and %s run as %d:%d and %d:%d", first, c.Name, uid, gid, *u, *g), fixSameIDs
 		}
 	}
 	if first == "" {
-		return 0, 0, "no container of the pod is watched"
+		return 0, 0, "no container of the pod is watched", fixWatched
 	}
-	return uid, gid, ""
+	return uid, gid, "", ""
 }
 
 // runAs returns the container's effective runAsUser and runAsGroup as the

@@ -59,10 +59,12 @@ func TestSecurityMode(t *testing.T) {
 		{"same-uid only: no ids", podgen.Pod("p"), true, "", "", 0, 0,
 			"sidecar not injected: this namespace enforces Pod Security baseline or restricted, which admits the sidecar only with the app's own uid and gid (container app: no runAsUser); set runAsUser and runAsGroup (non-zero) in the pod's securityContext"},
 		{"same-uid only: mixed", podgen.Pod("p", podgen.RunAs(1000, 1000), podgen.Containers("worker"), podgen.ContainerSecurity("worker", runAs(1001, 1000))), true, "", "", 0, 0,
-			"(containers app and worker run as 1000:1000 and 1001:1000)"},
-		{"same-uid only: root", podgen.Pod("p", podgen.RunAs(0, 0)), true, "", "", 0, 0, "(container app runs as root)"},
+			"(containers app and worker run as 1000:1000 and 1001:1000); set the same runAsUser and runAsGroup for every watched container, or watch fewer with heapwatch.io/containers"},
+		{"same-uid only: privileged app", podgen.Pod("p", podgen.RunAs(1000, 1000), podgen.ContainerSecurity("app", &corev1.SecurityContext{Privileged: ptr.To(true)})), true, "", "", 0, 0,
+			"(container app is privileged); the sidecar cannot read a container with more privileges than its own: exclude it with heapwatch.io/containers"},
+		{"same-uid only: root", podgen.Pod("p", podgen.RunAs(0, 0)), true, "", "", 0, 0, "(container app runs as root); set runAsUser and runAsGroup (non-zero)"},
 		{"same-uid only: nothing watched", podgen.Pod("p", podgen.RunAs(1000, 1000), podgen.Annotations(settings.AnnotationPrefix+"containers", "other")), true, "", "", 0, 0,
-			"(no container of the pod is watched)"},
+			"(no container of the pod is watched); name containers of the pod in heapwatch.io/containers"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
