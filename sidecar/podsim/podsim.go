@@ -66,9 +66,19 @@ type ContainerSpec struct {
 	// ReadOnlyCgroup mounts the container's cgroup view read-only, so
 	// nothing can register kernel notifications through it.
 	ReadOnlyCgroup bool
+	// User, when set, runs the command as that uid and gid with no
+	// capabilities at all, as a container with runAsUser, runAsGroup,
+	// capabilities drop [ALL] and allowPrivilegeEscalation false runs:
+	// supplementary groups cleared, empty bounding and inheritable sets,
+	// no_new_privs. The cgroup files stay readable (0644) by any uid. Nil
+	// runs the command as the caller (root).
+	User *User
 	// Stdout and Stderr receive the container's output; nil discards it.
 	Stdout, Stderr io.Writer
 }
+
+// User is a container's uid and gid.
+type User struct{ UID, GID int }
 
 // Pod is a running emulated pod.
 type Pod struct {
@@ -102,7 +112,7 @@ func Supported() error {
 	if _, err := os.Stat(filepath.Join(MemoryRoot, "memory.limit_in_bytes")); err != nil {
 		return fmt.Errorf("%w: no cgroup v1 memory hierarchy at %s: %w", ErrUnsupported, MemoryRoot, err)
 	}
-	for _, tool := range []string{"unshare", "nsenter", "mount", "sh"} {
+	for _, tool := range []string{"unshare", "nsenter", "mount", "sh", "setpriv"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%w: %s not found: %w", ErrUnsupported, tool, err)
 		}
@@ -228,6 +238,12 @@ func (p *Pod) Add(spec ContainerSpec) (*Container, error) {
 	}
 	args = append(args, "--", "unshare", "--mount", "--propagation", "private", "--",
 		"sh", "-c", containerScript, "sh", c.CgroupDir, mode)
+	if u := spec.User; u != nil {
+		// setpriv runs last, after the script's mounts, which need root;
+		// the command's exec then makes the saved uid the new one too.
+		args = append(args, "setpriv", "--reuid", strconv.Itoa(u.UID), "--regid", strconv.Itoa(u.GID),
+			"--clear-groups", "--inh-caps", "-all", "--bounding-set", "-all", "--no-new-privs", "--")
+	}
 	args = append(args, spec.Argv...)
 	cmd := exec.Command("nsenter", args...)
 	cmd.Env = append(os.Environ(), spec.Env...)
