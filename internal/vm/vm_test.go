@@ -20,7 +20,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 func boot(t *testing.T, files map[string]string) *VM {
 	t.Helper()
-	v, err := Boot(t.Context(), Config{Files: files, MemoryMiB: 512, CPUs: 1, Log: testWriter{t}})
+	v, err := Boot(t.Context(), Config{Files: files, MemoryMiB: 1024, CPUs: 2, Log: testWriter{t}})
 	if err != nil {
 		t.Fatal(err)
 	}

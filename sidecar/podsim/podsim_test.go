@@ -15,7 +15,7 @@ import (
 func requirePods(t *testing.T) {
 	t.Helper()
 	if err := Supported(); err != nil {
-		t.Skipf("needs root and a cgroup v1 memory hierarchy: %v", err)
+		t.Skipf("needs root and a memory cgroup hierarchy: %v", err)
 	}
 }
 
@@ -60,12 +60,22 @@ func TestContainerView(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "out")
 			// The container reports what it sees: its own limit, its name,
-			// whether its cgroup view is writable, and the PIDs of the pod.
+			// whether its cgroup view is writable, the PIDs of the pod, and
+			// on v2 its cgroup (the namespace root) and memory.oom.group.
 			script := `cat /sys/fs/cgroup/memory/memory.limit_in_bytes
 echo "$HEAPWATCH_CONTAINER_NAME"
 if echo 1 > /sys/fs/cgroup/memory/memory.soft_limit_in_bytes 2>/dev/null; then echo rw; else echo ro; fi
 ls /proc | grep -c '^[0-9]'
 echo $$`
+			if CgroupVersion() == 2 {
+				script = `cat /sys/fs/cgroup/memory.max
+echo "$HEAPWATCH_CONTAINER_NAME"
+if echo max > /sys/fs/cgroup/memory.high 2>/dev/null; then echo rw; else echo ro; fi
+ls /proc | grep -c '^[0-9]'
+echo $$
+cat /proc/self/cgroup
+cat /sys/fs/cgroup/memory.oom.group`
+			}
 			p := startPod(t, Spec{Name: t.Name(), Net: tt.net, Containers: []ContainerSpec{
 				{Name: "sleeper", Argv: []string{"sleep", "60"}},
 				{Name: "app", Argv: []string{"sh", "-c", "{\n" + script + "\n} > " + out}, MemoryLimit: 64 << 20, ReadOnlyCgroup: tt.readOnly},
@@ -78,8 +88,11 @@ echo $$`
 				t.Fatal(err)
 			}
 			lines := strings.Fields(string(b))
-			if len(lines) != 5 {
-				t.Fatalf("output %q", b)
+			if want := map[int]int{1: 5, 2: 7}[p.Version]; len(lines) != want {
+				t.Fatalf("output %q: want %d lines (cgroup v%d)", b, want, p.Version)
+			}
+			if p.Version == 2 && (lines[5] != "0::/" || lines[6] != "1") {
+				t.Errorf("v2 container sees cgroup %q and memory.oom.group %q; want its own namespace root 0::/ and 1", lines[5], lines[6])
 			}
 			mode := "rw"
 			if tt.readOnly {
@@ -97,6 +110,37 @@ echo $$`
 				t.Errorf("container PID in the pod namespace = %s, want a small number", lines[4])
 			}
 		})
+	}
+}
+
+// TestCgroupSeenFromAnotherContainer checks what the sidecar sees of the
+// app: on v2 each container has its own cgroup namespace, so the app's
+// group lies outside the reader's namespace root.
+func TestCgroupSeenFromAnotherContainer(t *testing.T) {
+	requirePods(t)
+	out := filepath.Join(t.TempDir(), "out")
+	p := startPod(t, Spec{Name: t.Name(), Containers: []ContainerSpec{
+		{Name: "app", Argv: []string{"sleep", "60"}, MemoryLimit: 32 << 20},
+		// Until the app has exec'd sleep 60 (the pod's init is a sleep
+		// too), look again.
+		{Name: "reader", Argv: []string{"sh", "-c", `for i in $(seq 200); do
+  for p in /proc/[0-9]*; do if [ "$(tr '\0' ' ' < $p/cmdline)" = "sleep 60 " ]; then cat $p/cgroup > ` + out + `; exit 0; fi; done
+  sleep 0.05
+done; exit 1`}},
+	}})
+	if code := waitExit(t, p.Container("reader")); code != 0 {
+		t.Fatalf("reader exit code %d", code)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ":memory:/" + p.Name + "/app\n"
+	if p.Version == 2 {
+		want = "0::/../app\n"
+	}
+	if !strings.Contains(string(b), want) {
+		t.Errorf("the app's /proc/<pid>/cgroup seen from another container:\n%s\nwant a line ending in %q (cgroup v%d)", b, want, p.Version)
 	}
 }
 
@@ -162,8 +206,8 @@ func TestBadContainer(t *testing.T) {
 
 func TestStartRemovesStaleEmptyPods(t *testing.T) {
 	requirePods(t)
-	stale := filepath.Join(MemoryRoot, namePrefix+"stale-test")
-	busy := filepath.Join(MemoryRoot, namePrefix+"busy-test")
+	stale := filepath.Join(root(CgroupVersion()), namePrefix+"stale-test")
+	busy := filepath.Join(root(CgroupVersion()), namePrefix+"busy-test")
 	for _, d := range []string{stale, busy} {
 		if err := os.MkdirAll(filepath.Join(d, "app"), 0o755); err != nil {
 			t.Fatal(err)
