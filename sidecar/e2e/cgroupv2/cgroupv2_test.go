@@ -99,6 +99,14 @@ func TestCgroupV2Suite(t *testing.T) {
 		}
 	})
 
+	// The guest's /tmp is tmpfs, which on 6.1 has no user xattrs, where
+	// versitygw's posix backend keeps object metadata: it keeps it in a
+	// directory of its own instead.
+	const vgwMeta = "/tmp/versitygw-meta"
+	if res, err := v.Run(ctx, vm.Command{Argv: []string{"mkdir", "-p", vgwMeta}}); err != nil || res.ExitCode != 0 {
+		t.Fatalf("mkdir in the VM: %v", err)
+	}
+
 	filter := os.Getenv("HEAPWATCH_V2_RUN")
 	var outputs bytes.Buffer
 	var timings []string
@@ -112,7 +120,7 @@ func TestCgroupV2Suite(t *testing.T) {
 		runCtx, cancel := context.WithTimeout(ctx, 16*time.Minute)
 		res, err := v.Run(runCtx, vm.Command{Argv: argv, Dir: "/tmp", Output: &lineWriter{t: t},
 			Env: []string{"HEAPWATCH_E2E_BIN=" + guestDir, "HEAPWATCH_E2E_SUMMARY=" + summary,
-				"HEAPWATCH_VERSITYGW=" + guestDir + "/versitygw"},
+				"HEAPWATCH_VERSITYGW=" + guestDir + "/versitygw", "VGW_META_SIDECAR=" + vgwMeta},
 			Collect: []string{summary}})
 		cancel()
 		if err != nil && res == nil {
