@@ -76,6 +76,9 @@ func TestRealThresholdNotification(t *testing.T) {
 	const limit, level = 64 * mib, 24 * mib
 	app := cgrouptest.Start(t, "cgtest", limit, false, cgrouptest.Alloc{StepMiB: 2, Every: 20 * time.Millisecond, TotalMiB: 40})
 	m := openView(t, app.PID)
+	if _, ok, err := m.Pressure(); !onV2() && (ok || err != nil) {
+		t.Errorf("v1 group: Pressure ok %v, %v; want none (v1 has no per-group PSI)", ok, err)
+	}
 	before, err := m.Sample()
 	if err != nil {
 		t.Fatal(err)
@@ -231,6 +234,9 @@ func checkV2Growth(t *testing.T, m *Memory, n *Notifier, app *cgrouptest.App, le
 	}
 	if want := s.Usage - min(s.Usage, inactive); s.WorkingSet != want {
 		t.Errorf("working set %d, want memory.current %d - inactive_file %d = %d", s.WorkingSet, s.Usage, inactive, want)
+	}
+	if _, ok, err := m.Pressure(); err != nil || !ok {
+		t.Errorf("v2 memory.pressure through the container view: ok %v, %v; want PSI", ok, err)
 	}
 	if s.MaxUsage != 0 || s.Limit == 0 {
 		t.Errorf("v2 sample %+v: want no v1 peak and the memory.max limit", s)

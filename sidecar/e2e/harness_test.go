@@ -306,8 +306,13 @@ func checkFinalHeap(t testing.TB, st store.Store, m *capture.Metadata, want stri
 		t.Errorf("final capture metadata: container %q pod %q ns %q limit %d pid %d port %d",
 			m.Container, m.Pod, m.Namespace, m.Memory.LimitBytes, m.PID, m.Port)
 	}
+	if podsim.CgroupVersion() == 2 && m.Pressure == nil {
+		t.Errorf("final capture %s on cgroup v2 without memory.pressure", m.ID)
+	}
 	if err := verifyFinalHeap(st, m, want); err != nil {
 		t.Error(err)
+	} else if m.Pressure != nil {
+		record(t, fmt.Sprintf("captured psi_some_avg10=%.2f psi_full_avg10=%.2f", m.Pressure.SomeAvg10, m.Pressure.FullAvg10))
 	} else {
 		record(t, "captured")
 	}

@@ -137,6 +137,7 @@ func TestCgroupV2Suite(t *testing.T) {
 	}
 	checkResults(t, outputs.String(), filter == "")
 
+	t.Logf("e2e summary (kills, and captures with their PSI):\n%s", summaryFile)
 	kills, captured := countSummary(summaryFile)
 	line := fmt.Sprintf("cgroup v2: %d OOM kills, %d captured", kills, captured)
 	t.Logf("time: build %v, %s; %s", buildTime.Round(time.Second), v.Timings, strings.Join(timings, ", "))
