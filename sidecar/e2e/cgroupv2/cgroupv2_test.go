@@ -46,7 +46,7 @@ const guestDir = "/opt/heapwatch"
 
 // lineWriter sends complete lines to t.Log as they arrive.
 type lineWriter struct {
-	t   *testing.T
+	t   testing.TB
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
@@ -65,9 +65,16 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 	}
 }
 
-func TestCgroupV2Suite(t *testing.T) {
-	ctx := t.Context()
-	bins := t.TempDir()
+// vgwMeta is where versitygw keeps object metadata in the guest: its /tmp
+// is tmpfs, which on 6.1 has no user xattrs for the posix backend.
+const vgwMeta = "/tmp/versitygw-meta"
+
+// bootSuiteVM builds the suites' test binaries, the sidecar, the leaky app
+// and a static versitygw, and boots a VM holding them.
+func bootSuiteVM(tb testing.TB, log *lineWriter) (*vm.VM, time.Duration) {
+	tb.Helper()
+	ctx := tb.Context()
+	bins := tb.TempDir()
 	start := time.Now()
 	files := map[string]string{}
 	var builds []func() error
@@ -84,28 +91,34 @@ func TestCgroupV2Suite(t *testing.T) {
 	builds = append(builds, func() error { return buildVersitygw(ctx, filepath.Join(bins, "versitygw")) })
 	for _, b := range builds {
 		if err := b(); err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
 	}
 	buildTime := time.Since(start)
-
-	v, err := vm.Boot(ctx, vm.Config{Files: files, MemoryMiB: 2048, CPUs: 2, Log: &lineWriter{t: t}})
+	v, err := vm.Boot(ctx, vm.Config{Files: files, MemoryMiB: 2048, CPUs: 2, Log: log})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		if err := v.Close(); err != nil {
-			t.Error(err)
+			tb.Error(err)
 		}
 	})
-
-	// The guest's /tmp is tmpfs, which on 6.1 has no user xattrs, where
-	// versitygw's posix backend keeps object metadata: it keeps it in a
-	// directory of its own instead.
-	const vgwMeta = "/tmp/versitygw-meta"
 	if res, err := v.Run(ctx, vm.Command{Argv: []string{"mkdir", "-p", vgwMeta}}); err != nil || res.ExitCode != 0 {
-		t.Fatalf("mkdir in the VM: %v", err)
+		tb.Fatalf("mkdir in the VM: %v", err)
 	}
+	return v, buildTime
+}
+
+// suiteEnv is the environment of the test binaries in the guest.
+func suiteEnv(summary string) []string {
+	return []string{"HEAPWATCH_E2E_BIN=" + guestDir, "HEAPWATCH_E2E_SUMMARY=" + summary,
+		"HEAPWATCH_VERSITYGW=" + guestDir + "/versitygw", "VGW_META_SIDECAR=" + vgwMeta}
+}
+
+func TestCgroupV2Suite(t *testing.T) {
+	ctx := t.Context()
+	v, buildTime := bootSuiteVM(t, &lineWriter{t: t})
 
 	filter := os.Getenv("HEAPWATCH_V2_RUN")
 	var outputs bytes.Buffer
@@ -119,9 +132,7 @@ func TestCgroupV2Suite(t *testing.T) {
 		}
 		runCtx, cancel := context.WithTimeout(ctx, 16*time.Minute)
 		res, err := v.Run(runCtx, vm.Command{Argv: argv, Dir: "/tmp", Output: &lineWriter{t: t},
-			Env: []string{"HEAPWATCH_E2E_BIN=" + guestDir, "HEAPWATCH_E2E_SUMMARY=" + summary,
-				"HEAPWATCH_VERSITYGW=" + guestDir + "/versitygw", "VGW_META_SIDECAR=" + vgwMeta},
-			Collect: []string{summary}})
+			Env: suiteEnv(summary), Collect: []string{summary}})
 		cancel()
 		if err != nil && res == nil {
 			t.Fatal(err)
@@ -213,4 +224,31 @@ func buildVersitygw(ctx context.Context, out string) error {
 		return fmt.Errorf("build versitygw: %w\n%s", err, b)
 	}
 	return nil
+}
+
+// BenchmarkCgroupV2 runs the e2e suite's capture-rate and CPU benchmarks in
+// the cgroup v2 VM and prints their result lines prefixed with "v2/", beside
+// the same benchmarks' v1 lines from sidecar/e2e in the same `make bench`.
+func BenchmarkCgroupV2(b *testing.B) {
+	v, _ := bootSuiteVM(b, &lineWriter{t: b})
+	res, err := v.Run(b.Context(), vm.Command{
+		Argv: []string{guestDir + "/e2e.test", "-test.run=^$", "-test.bench=BenchmarkCaptureRate|BenchmarkSidecarCPU/100ms",
+			"-test.benchtime=1x", "-test.timeout=60m"},
+		Dir: "/tmp", Env: suiteEnv("/tmp/heapwatch-e2e-summary")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if res.ExitCode != 0 {
+		b.Fatalf("benchmarks in the VM: exit code %d\n%s", res.ExitCode, res.Output)
+	}
+	n := 0
+	for line := range strings.SplitSeq(string(res.Output), "\n") {
+		if strings.HasPrefix(line, "Benchmark") && strings.Contains(line, "\t") {
+			fmt.Println("v2/" + line)
+			n++
+		}
+	}
+	if n == 0 {
+		b.Fatalf("no benchmark results from the VM:\n%s", res.Output)
+	}
 }
