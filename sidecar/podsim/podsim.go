@@ -17,8 +17,9 @@
 //     memory.swap.max=0, and memory.oom.group=1 as the kubelet sets it);
 //     every container in its own cgroup namespace (unshare --cgroup) and
 //     mount namespace with cgroup2 mounted at /sys/fs/cgroup, so it sees
-//     its own group as the root and, from another container,
-//     /proc/<pid>/cgroup reads 0::/../<container>.
+//     its own group as the root (read-only, as for an unprivileged
+//     container) and, from another container, /proc/<pid>/cgroup reads
+//     0::/../<container>.
 //
 // Close kills every process (killing the pod's PID 1 kills its whole PID
 // namespace, and the mount namespaces die with their processes) and removes
@@ -100,7 +101,9 @@ type ContainerSpec struct {
 	// MemoryLimit in bytes; 0 leaves the container without a limit.
 	MemoryLimit int64
 	// ReadOnlyCgroup mounts the container's cgroup view read-only, so
-	// nothing can register kernel notifications through it.
+	// nothing can register kernel notifications through it. On v2 the view
+	// is always read-only, as containerd and runc mount it for every
+	// unprivileged container.
 	ReadOnlyCgroup bool
 	// Stdout and Stderr receive the container's output; nil discards it.
 	Stdout, Stderr io.Writer
@@ -287,7 +290,7 @@ func (p *Pod) Add(spec ContainerSpec) (*Container, error) {
 		return nil, fmt.Errorf("podsim: container %s: %w", spec.Name, err)
 	}
 	mode := "rw"
-	if spec.ReadOnlyCgroup {
+	if spec.ReadOnlyCgroup || p.Version == 2 {
 		mode = "ro"
 	}
 	args := []string{"--target", strconv.Itoa(p.initPID), "--pid", "--mount"}
