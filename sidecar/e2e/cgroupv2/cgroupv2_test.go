@@ -228,11 +228,14 @@ func buildVersitygw(ctx context.Context, out string) error {
 
 // BenchmarkCgroupV2 runs the e2e suite's capture-rate and CPU benchmarks in
 // the cgroup v2 VM and prints their result lines prefixed with "v2/", beside
-// the same benchmarks' v1 lines from sidecar/e2e in the same `make bench`.
+// the same benchmarks' v1 lines from sidecar/e2e in the same `make bench`,
+// and every miss with its pod log. HEAPWATCH_V2_BENCH replaces the
+// benchmark pattern (e.g. BenchmarkCaptureRate/burst).
 func BenchmarkCgroupV2(b *testing.B) {
 	v, _ := bootSuiteVM(b, &lineWriter{t: b})
+	pattern := firstOf(os.Getenv("HEAPWATCH_V2_BENCH"), "BenchmarkCaptureRate|BenchmarkSidecarCPU/100ms")
 	res, err := v.Run(b.Context(), vm.Command{
-		Argv: []string{guestDir + "/e2e.test", "-test.run=^$", "-test.bench=BenchmarkCaptureRate|BenchmarkSidecarCPU/100ms",
+		Argv: []string{guestDir + "/e2e.test", "-test.run=^$", "-test.bench=" + pattern,
 			"-test.benchtime=1x", "-test.timeout=60m"},
 		Dir: "/tmp", Env: suiteEnv("/tmp/heapwatch-e2e-summary")})
 	if err != nil {
@@ -241,11 +244,18 @@ func BenchmarkCgroupV2(b *testing.B) {
 	if res.ExitCode != 0 {
 		b.Fatalf("benchmarks in the VM: exit code %d\n%s", res.ExitCode, res.Output)
 	}
-	n := 0
+	n, miss := 0, false
 	for line := range strings.SplitSeq(string(res.Output), "\n") {
-		if strings.HasPrefix(line, "Benchmark") && strings.Contains(line, "\t") {
+		switch {
+		case strings.HasPrefix(line, "Benchmark") && strings.Contains(line, "\t"):
 			fmt.Println("v2/" + line)
 			n++
+			miss = false
+		case strings.Contains(line, "no usable capture"):
+			miss = true
+		}
+		if miss {
+			fmt.Println("v2: " + line)
 		}
 	}
 	if n == 0 {
