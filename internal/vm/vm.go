@@ -244,7 +244,9 @@ func (v *VM) read(r io.Reader) {
 			continue
 		}
 		if len(m.Output) > 0 {
-			p.buf.Write(m.Output)
+			v.mu.Lock()
+			p.buf.Write(m.Output) // read by Run on a timeout, under v.mu
+			v.mu.Unlock()
 			if p.out != nil {
 				_, _ = p.out.Write(m.Output)
 			}
@@ -326,12 +328,15 @@ func (v *VM) Run(ctx context.Context, c Command) (*Result, error) {
 		return nil, fmt.Errorf("vm: QEMU exited while running %q: %v\n%s", c.Argv, v.readErr(), v.tail())
 	case <-ctx.Done():
 		v.kill()
+		v.mu.Lock()
+		out := p.buf.String()
+		v.mu.Unlock()
 		deadline := ""
 		if d, ok := ctx.Deadline(); ok {
 			deadline = fmt.Sprintf(" within %v", d.Sub(start).Round(time.Second))
 		}
 		return nil, fmt.Errorf("vm: %q did not finish%s (accel %s; the VM was killed): %w\noutput tail:\n%s\n%s",
-			c.Argv, deadline, Accel, ctx.Err(), lastLines(p.buf.String(), 20), v.tail())
+			c.Argv, deadline, Accel, ctx.Err(), lastLines(out, 20), v.tail())
 	}
 }
 
