@@ -67,52 +67,61 @@ func TestWebhookConfiguration(t *testing.T) {
 	} {
 		t.Run(dir, func(t *testing.T) {
 			r := render(t, dir)
-			if len(r.config.Webhooks) != 1 {
-				t.Fatalf("%d webhooks, want 1", len(r.config.Webhooks))
+			if len(r.config.Webhooks) != 2 {
+				t.Fatalf("%d webhooks, want 2 (privileged-capable, same-uid only)", len(r.config.Webhooks))
 			}
-			wh := r.config.Webhooks[0]
-			if *wh.FailurePolicy != policy {
-				t.Errorf("failurePolicy = %s, want %s", *wh.FailurePolicy, policy)
-			}
-			if *wh.SideEffects != admissionregistrationv1.SideEffectClassNone || *wh.TimeoutSeconds > 5 ||
-				*wh.ReinvocationPolicy != admissionregistrationv1.IfNeededReinvocationPolicy || !slices.Equal(wh.AdmissionReviewVersions, []string{"v1"}) {
-				t.Errorf("sideEffects %s, timeoutSeconds %d, reinvocationPolicy %s, admissionReviewVersions %v",
-					*wh.SideEffects, *wh.TimeoutSeconds, *wh.ReinvocationPolicy, wh.AdmissionReviewVersions)
-			}
-			if len(wh.Rules) != 1 || !slices.Equal(wh.Rules[0].Operations, []admissionregistrationv1.OperationType{admissionregistrationv1.Create}) ||
-				!slices.Equal(wh.Rules[0].Resources, []string{"pods"}) || !slices.Equal(wh.Rules[0].APIGroups, []string{""}) {
-				t.Errorf("rules = %+v, want pod CREATE only", wh.Rules)
-			}
-			svc := wh.ClientConfig.Service
-			if svc == nil || svc.Name != r.service.Name || svc.Namespace != r.service.Namespace || *svc.Path != webhook.Path {
-				t.Errorf("clientConfig.service = %+v, want %s/%s path %s", svc, r.service.Namespace, r.service.Name, webhook.Path)
-			}
-
-			nsSel, err := metav1.LabelSelectorAsSelector(wh.NamespaceSelector)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, tt := range []struct {
-				labels map[string]string
-				want   bool
-			}{
-				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": "team-a"}, true},
-				{map[string]string{"kubernetes.io/metadata.name": "team-a"}, false},
-				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": "kube-system"}, false},
-				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": r.namespace.Name}, false},
-				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": "team-a", "pod-security.kubernetes.io/enforce": "restricted"}, false},
-				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": "team-a", "pod-security.kubernetes.io/enforce": "privileged"}, true},
-			} {
-				if got := nsSel.Matches(labels.Set(tt.labels)); got != tt.want {
-					t.Errorf("namespaceSelector matches %v = %v, want %v", tt.labels, got, tt.want)
+			paths := []string{webhook.Path, webhook.SameUIDOnlyPath}
+			selectors := make([]labels.Selector, 2)
+			for i, wh := range r.config.Webhooks {
+				if *wh.FailurePolicy != policy {
+					t.Errorf("%s: failurePolicy = %s, want %s", wh.Name, *wh.FailurePolicy, policy)
+				}
+				if *wh.SideEffects != admissionregistrationv1.SideEffectClassNone || *wh.TimeoutSeconds > 5 ||
+					*wh.ReinvocationPolicy != admissionregistrationv1.IfNeededReinvocationPolicy || !slices.Equal(wh.AdmissionReviewVersions, []string{"v1"}) {
+					t.Errorf("%s: sideEffects %s, timeoutSeconds %d, reinvocationPolicy %s, admissionReviewVersions %v",
+						wh.Name, *wh.SideEffects, *wh.TimeoutSeconds, *wh.ReinvocationPolicy, wh.AdmissionReviewVersions)
+				}
+				if len(wh.Rules) != 1 || !slices.Equal(wh.Rules[0].Operations, []admissionregistrationv1.OperationType{admissionregistrationv1.Create}) ||
+					!slices.Equal(wh.Rules[0].Resources, []string{"pods"}) || !slices.Equal(wh.Rules[0].APIGroups, []string{""}) {
+					t.Errorf("%s: rules = %+v, want pod CREATE only", wh.Name, wh.Rules)
+				}
+				svc := wh.ClientConfig.Service
+				if svc == nil || svc.Name != r.service.Name || svc.Namespace != r.service.Namespace || *svc.Path != paths[i] {
+					t.Errorf("%s: clientConfig.service = %+v, want %s/%s path %s", wh.Name, svc, r.service.Namespace, r.service.Name, paths[i])
+				}
+				var err error
+				if selectors[i], err = metav1.LabelSelectorAsSelector(wh.NamespaceSelector); err != nil {
+					t.Fatal(err)
+				}
+				objSel, err := metav1.LabelSelectorAsSelector(wh.ObjectSelector)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if objSel.Matches(labels.Set{inject.InjectLabel: "disabled"}) || !objSel.Matches(labels.Set{"app": "x"}) {
+					t.Errorf("%s: objectSelector must exclude exactly the pods labelled heapwatch.io/inject=disabled", wh.Name)
 				}
 			}
-			objSel, err := metav1.LabelSelectorAsSelector(wh.ObjectSelector)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if objSel.Matches(labels.Set{inject.InjectLabel: "disabled"}) || !objSel.Matches(labels.Set{"app": "x"}) {
-				t.Error("objectSelector must exclude exactly the pods labelled heapwatch.io/inject=disabled")
+			const enforce = "pod-security.kubernetes.io/enforce"
+			for _, tt := range []struct {
+				labels map[string]string
+				want   int // index of the one entry that serves the namespace, -1 for none
+			}{
+				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": "team-a"}, 0},
+				{map[string]string{"kubernetes.io/metadata.name": "team-a"}, -1},
+				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": "kube-system"}, -1},
+				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": r.namespace.Name}, -1},
+				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": "team-a", enforce: "privileged"}, 0},
+				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": "team-a", enforce: "baseline"}, 1},
+				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": "team-a", enforce: "restricted"}, 1},
+				{map[string]string{"kubernetes.io/metadata.name": "team-a", enforce: "restricted"}, -1},
+				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": "kube-system", enforce: "restricted"}, -1},
+				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": r.namespace.Name, enforce: "restricted"}, -1},
+			} {
+				for i, sel := range selectors {
+					if got := sel.Matches(labels.Set(tt.labels)); got != (i == tt.want) {
+						t.Errorf("%s: namespaceSelector matches %v = %v, want %v", r.config.Webhooks[i].Name, tt.labels, got, i == tt.want)
+					}
+				}
 			}
 		})
 	}

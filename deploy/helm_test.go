@@ -119,14 +119,19 @@ func TestChartValues(t *testing.T) {
 		t.Errorf("image = %v, want the digest reference", img)
 	}
 	hooks, _, _ := unstructured.NestedSlice(find(t, objs, "MutatingWebhookConfiguration", "heapwatch").Object, "webhooks")
-	hook := hooks[0].(map[string]any)
-	if hook["failurePolicy"] != "Fail" || hook["timeoutSeconds"] != int64(5) {
-		t.Errorf("failurePolicy/timeout = %v/%v", hook["failurePolicy"], hook["timeoutSeconds"])
+	if len(hooks) != 2 {
+		t.Fatalf("%d webhooks, want 2", len(hooks))
 	}
-	exprs, _, _ := unstructured.NestedSlice(hook, "namespaceSelector", "matchExpressions")
-	got, _, _ := unstructured.NestedStringSlice(exprs[0].(map[string]any), "values")
-	if want := []string{"kube-system", "monitoring", "heapwatch-system"}; !slices.Equal(got, want) {
-		t.Errorf("excluded namespaces = %v, want %v", got, want)
+	for _, h := range hooks {
+		hook := h.(map[string]any)
+		if hook["failurePolicy"] != "Fail" || hook["timeoutSeconds"] != int64(5) {
+			t.Errorf("%s: failurePolicy/timeout = %v/%v", hook["name"], hook["failurePolicy"], hook["timeoutSeconds"])
+		}
+		exprs, _, _ := unstructured.NestedSlice(hook, "namespaceSelector", "matchExpressions")
+		got, _, _ := unstructured.NestedStringSlice(exprs[0].(map[string]any), "values")
+		if want := []string{"kube-system", "monitoring", "heapwatch-system"}; !slices.Equal(got, want) {
+			t.Errorf("%s: excluded namespaces = %v, want %v", hook["name"], got, want)
+		}
 	}
 
 	single := renderChart(t, map[string]any{"replicaCount": 1})

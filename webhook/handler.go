@@ -20,9 +20,15 @@ import (
 	"github.com/heapwatch/heapwatch/webhook/inject"
 )
 
-// Path is where the webhook is served; the MutatingWebhookConfiguration in
-// deploy/ points here.
-const Path = "/mutate-pod"
+// Paths the webhook is served at; the two entries of the
+// MutatingWebhookConfiguration in deploy/ point here. The second entry
+// selects namespaces enforcing Pod Security baseline or restricted: its path
+// is how the handler learns that only a same-uid sidecar is admitted there,
+// without reading the namespace from the API server.
+const (
+	Path            = "/mutate-pod"
+	SameUIDOnlyPath = "/mutate-pod-same-uid-only"
+)
 
 var podKind = metav1.GroupVersionKind{Version: "v1", Kind: "Pod"}
 
@@ -84,7 +90,7 @@ func (h *Handler) handle(req admission.Request) (admission.Response, string, str
 	if err != nil {
 		return encodeError(log, err)
 	}
-	log.Info("sidecar injected", "warnings", res.Warnings)
+	log.Info("sidecar injected", "securityMode", res.Mode, "warnings", res.Warnings)
 	return admission.PatchResponseFromRaw(before, after).WithWarnings(res.Warnings...), outcomeInjected, reasonNone
 }
 

@@ -186,6 +186,7 @@ func TestPatchEqualsInjection(t *testing.T) {
 		"stale name env":     podJSON(t, podgen.Pod("p", podgen.Env("app", settings.ContainerNameEnv, "old"))),
 		"file storage":       podJSON(t, podgen.Pod("p", podgen.Annotations("heapwatch.io/storage", "file:///data/prof"))),
 		"explicit share pns": podJSON(t, podgen.Pod("p", podgen.ShareProcessNamespace(true))),
+		"same-uid":           podJSON(t, podgen.Pod("p", podgen.RunAs(1000, 1000), podgen.Restricted())),
 	}
 	for _, native := range []bool{true, false} {
 		opts := testOptions()
@@ -283,21 +284,26 @@ func dig(v any, path ...string) any {
 
 func TestHandleSkipsWithoutPatch(t *testing.T) {
 	tests := []struct {
-		name    string
-		pod     *corev1.Pod
-		reason  inject.Reason
-		warning string
+		name        string
+		pod         *corev1.Pod
+		sameUIDOnly bool
+		reason      inject.Reason
+		warning     string
 	}{
-		{"opt-out annotation", podgen.Pod("p", podgen.Annotations(inject.InjectAnnotation, "false")), inject.ReasonOptOut, "opted out"},
-		{"hostPID", podgen.Pod("p", podgen.HostPID()), inject.ReasonHostPID, "hostPID"},
-		{"windows", podgen.Pod("p", podgen.OS(corev1.Windows)), inject.ReasonWindows, "Windows"},
-		{"already injected", podgen.Pod("p", podgen.Annotations(inject.StatusAnnotation, inject.StatusInjected)), inject.ReasonAlreadyInjected, ""},
+		{"opt-out annotation", podgen.Pod("p", podgen.Annotations(inject.InjectAnnotation, "false")), false, inject.ReasonOptOut, "opted out"},
+		{"hostPID", podgen.Pod("p", podgen.HostPID()), false, inject.ReasonHostPID, "hostPID"},
+		{"windows", podgen.Pod("p", podgen.OS(corev1.Windows)), false, inject.ReasonWindows, "Windows"},
+		{"already injected", podgen.Pod("p", podgen.Annotations(inject.StatusAnnotation, inject.StatusInjected)), false, inject.ReasonAlreadyInjected, ""},
+		{"same-uid only, no runAsUser", podgen.Pod("p"), true, inject.ReasonNeedsSameUID, "set runAsUser and runAsGroup"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			counter := admissions.WithLabelValues(outcomeSkipped, string(tt.reason))
 			before := testutil.ToFloat64(counter)
-			resp := testHandler().Handle(context.Background(), request(podJSON(t, tt.pod), "team-a"))
+			opts := testOptions()
+			opts.SameUIDOnly = tt.sameUIDOnly
+			h := NewHandler(opts, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			resp := h.Handle(context.Background(), request(podJSON(t, tt.pod), "team-a"))
 			if !resp.Allowed || len(resp.Patches) != 0 || resp.PatchType != nil {
 				t.Fatalf("allowed=%v patches=%v, want allowed without patch", resp.Allowed, resp.Patches)
 			}

@@ -94,6 +94,9 @@ func NewManager(c Config, log *slog.Logger) (manager.Manager, error) {
 	// GetWebhookServer also adds the server to the manager's runnables.
 	server := mgr.GetWebhookServer()
 	server.Register(Path, &admission.Webhook{Handler: NewHandler(c.Inject, log), RecoverPanic: ptr.To(true)})
+	sameUIDOnly := c.Inject
+	sameUIDOnly.SameUIDOnly = true
+	server.Register(SameUIDOnlyPath, &admission.Webhook{Handler: NewHandler(sameUIDOnly, log.With("path", SameUIDOnlyPath)), RecoverPanic: ptr.To(true)})
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return nil, fmt.Errorf("adding the health check: %w", err)
 	}

@@ -78,7 +78,8 @@ func run(log *slog.Logger, f flags) error {
 	pod := collect.PodFromEnv(os.LookupEnv)
 	log.Info("heapwatch sidecar starting", "version", version, "namespace", pod.Namespace, "pod", pod.Name,
 		"node", pod.Node, "storage", store.RedactURL(cfg.Storage), "thresholds", cfg.Thresholds, "interval", cfg.Interval,
-		"horizon", cfg.Horizon, "profiles", cfg.Profiles, "pprofPath", cfg.PprofPath, "spoolDir", f.spoolDir)
+		"horizon", cfg.Horizon, "profiles", cfg.Profiles, "pprofPath", cfg.PprofPath, "spoolDir", f.spoolDir,
+		"securityMode", cfg.SecurityMode, "uid", os.Getuid(), "gid", os.Getgid())
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

@@ -11,7 +11,7 @@ import (
 
 // hostTools are util-linux programs the guest takes from the host with their
 // libraries: busybox's unshare has no --cgroup or --kill-child.
-var hostTools = []string{"/usr/bin/unshare", "/usr/bin/nsenter", "/usr/bin/mount"}
+var hostTools = []string{"/usr/bin/unshare", "/usr/bin/nsenter", "/usr/bin/mount", "/usr/bin/setpriv"}
 
 // GoBuild builds a static binary (CGO_ENABLED=0) of the module's package
 // pkg ("./cmd/sidecar") into out; with test it builds the package's test

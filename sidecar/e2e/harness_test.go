@@ -83,6 +83,11 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	// Containers running as a non-root uid must be able to exec them.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	sidecarBin, leakyBin = filepath.Join(dir, "sidecar"), filepath.Join(dir, "leaky")
 	for bin, pkg := range map[string]string{sidecarBin: "../../cmd/sidecar", leakyBin: "../../examples/leaky"} {
 		out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput()
@@ -138,6 +143,10 @@ type podOptions struct {
 	env        []string // sidecar environment, beside HEAPWATCH_STORAGE
 	sharedNet  bool
 	readOnlyCG bool
+	// user runs app and sidecar as this uid and gid without capabilities,
+	// as the webhook's same-uid mode does; the spool and storage are then
+	// world-writable directories, as the kubelet creates emptyDirs.
+	user *podsim.User
 }
 
 // leakyArgs is the leaky command line for a shape; every shape waits 3 s
@@ -149,9 +158,13 @@ func leakyArgs(shape string, extra ...string) []string {
 func startPod(t testing.TB, o podOptions) *podRun {
 	t.Helper()
 	requirePods(t)
-	r := &podRun{storage: o.storage, spoolDir: t.TempDir(), logs: &syncBuffer{}}
+	dir := t.TempDir
+	if o.user != nil {
+		dir = func() string { return emptyDir(t) }
+	}
+	r := &podRun{storage: o.storage, spoolDir: dir(), logs: &syncBuffer{}}
 	if r.storage == "" {
-		r.storage = "file://" + t.TempDir()
+		r.storage = "file://" + dir()
 	}
 	appArgv := o.appArgv
 	if appArgv == nil {
@@ -164,8 +177,8 @@ func startPod(t testing.TB, o podOptions) *podRun {
 	pod, err := podsim.Start(ctx, podsim.Spec{Name: "e2e", Net: !o.sharedNet, Containers: []podsim.ContainerSpec{
 		// The sidecar first, as a native sidecar starts before the app.
 		{Name: "heapwatch", Argv: []string{sidecarBin, "--spool-dir", r.spoolDir, "--metrics-addr", "127.0.0.1:0"},
-			Env: env, MemoryLimit: sidecarLimit, Stdout: r.logs, Stderr: r.logs},
-		{Name: "app", Argv: appArgv, MemoryLimit: appLimit, ReadOnlyCgroup: o.readOnlyCG, Stdout: io.Discard, Stderr: r.logs},
+			Env: env, MemoryLimit: sidecarLimit, User: o.user, Stdout: r.logs, Stderr: r.logs},
+		{Name: "app", Argv: appArgv, MemoryLimit: appLimit, ReadOnlyCgroup: o.readOnlyCG, User: o.user, Stdout: io.Discard, Stderr: r.logs},
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -180,6 +193,22 @@ func startPod(t testing.TB, o podOptions) *podRun {
 		}
 	})
 	return r
+}
+
+// emptyDir makes a directory any uid may write, as the kubelet makes an
+// emptyDir volume (mode 0777), under a world-searchable parent: t.TempDir's
+// are root's only.
+func emptyDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "heapwatch-e2e-emptydir-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 // waitOOMKill waits for the kernel to OOM-kill the app.

@@ -2,9 +2,17 @@ package e2e
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/heapwatch/heapwatch/sidecar/podsim"
+	"github.com/heapwatch/heapwatch/sidecar/settings"
+	"github.com/heapwatch/heapwatch/webhook/inject"
 )
 
 // shapes are the leak shapes of the issue, each leaking from its own
@@ -41,6 +49,41 @@ func TestOOMKillLeavesFinalHeapProfile(t *testing.T) {
 			}
 			if r.sidecar.ExitCode() != -1 {
 				t.Errorf("sidecar exited with %d; it must outlive the app's OOM kill", r.sidecar.ExitCode())
+			}
+		})
+	}
+}
+
+// TestOOMKillSameUIDNoCapabilities: the leak shapes again, with app and
+// sidecar both running as uid and gid 1000 with no capability at all and
+// no_new_privs, as the webhook injects the sidecar of such a pod in a
+// namespace enforcing Pod Security restricted.
+func TestOOMKillSameUIDNoCapabilities(t *testing.T) {
+	app := corev1.Container{Name: "app", SecurityContext: &corev1.SecurityContext{RunAsUser: ptr.To[int64](1000), RunAsGroup: ptr.To[int64](1000)}}
+	pod := &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{app}}}
+	res := inject.Inject(pod, inject.Options{Image: "heapwatch", Defaults: settings.Defaults(), NativeSidecar: true, SameUIDOnly: true})
+	if !res.Injected || res.Mode != settings.SecurityModeSameUID {
+		t.Fatalf("webhook verdict %+v, want a same-uid sidecar", res)
+	}
+	sc := pod.Spec.InitContainers[0].SecurityContext
+	if len(sc.Capabilities.Add) != 0 || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || *sc.AllowPrivilegeEscalation {
+		t.Fatalf("the same-uid sidecar is not what podsim.User models (no capabilities, no escalation): %+v", sc)
+	}
+	user := &podsim.User{UID: int(*sc.RunAsUser), GID: int(*sc.RunAsGroup)}
+	setting, _ := settings.Lookup("security-mode")
+	mode := setting.EnvVar() + "=" + res.Mode
+	for _, tt := range shapes {
+		t.Run(tt.shape, func(t *testing.T) {
+			r := startPod(t, podOptions{shape: tt.shape, appArgs: tt.args, user: user, env: []string{mode}})
+			r.expectFinalHeap(t, tt.fn)
+			var start *logRecord
+			for _, rec := range logRecords(r.logs.String()) {
+				if rec.Msg == "heapwatch sidecar starting" {
+					start = &rec
+				}
+			}
+			if start == nil || start.SecurityMode != "same-uid" || start.UID != 1000 || start.GID != 1000 {
+				t.Errorf("sidecar start log %+v, want securityMode same-uid as 1000:1000", start)
 			}
 		})
 	}

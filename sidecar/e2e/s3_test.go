@@ -32,6 +32,10 @@ type logRecord struct {
 	Held        bool   `json:"held"`
 	Credentials bool   `json:"credentials"`
 	Err         string `json:"err"`
+	// Of the start-up line.
+	SecurityMode string `json:"securityMode"`
+	UID          int    `json:"uid"`
+	GID          int    `json:"gid"`
 }
 
 func logRecords(logs string) []logRecord {

@@ -1,6 +1,7 @@
 package podsim
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -250,4 +251,47 @@ func TestStartRemovesStaleEmptyPods(t *testing.T) {
 	}
 	_ = sleeper.Process.Kill()
 	_ = sleeper.Wait()
+}
+
+// TestUser: a container with User runs as that uid and gid with every
+// capability set empty and no_new_privs, in its own cgroup, whose files it
+// can still read.
+func TestUser(t *testing.T) {
+	requirePods(t)
+	// Read only after the container exited: cmd.Wait, which closes Done,
+	// returns once the output is copied.
+	var out bytes.Buffer
+	limitFile := "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+	if CgroupVersion() == 2 {
+		limitFile = "/sys/fs/cgroup/memory.max"
+	}
+	p := startPod(t, Spec{Name: t.Name(), Containers: []ContainerSpec{
+		{Name: "app", User: &User{UID: 1234, GID: 2345}, MemoryLimit: 64 << 20,
+			Argv:   []string{"sh", "-c", "grep -E '^(Uid|Gid|Groups|Cap[A-Za-z]+|NoNewPrivs):' /proc/self/status; cat " + limitFile},
+			Stdout: &out},
+	}})
+	if code := waitExit(t, p.Container("app")); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	b := out.Bytes()
+	got := map[string]string{}
+	for line := range strings.SplitSeq(strings.TrimSpace(string(b)), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			got["limit"] = line
+			continue
+		}
+		got[k] = strings.Join(strings.Fields(v), " ")
+	}
+	want := map[string]string{
+		"Uid": "1234 1234 1234 1234", "Gid": "2345 2345 2345 2345", "Groups": "",
+		"CapInh": "0000000000000000", "CapPrm": "0000000000000000", "CapEff": "0000000000000000",
+		"CapBnd": "0000000000000000", "CapAmb": "0000000000000000", "NoNewPrivs": "1",
+		"limit": strconv.Itoa(64 << 20),
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %q, want %q (output %q)", k, got[k], v, b)
+		}
+	}
 }

@@ -46,11 +46,21 @@ const (
 	// mounts the spool volume.
 	SpoolDir = "/var/lib/heapwatch/spool"
 
+	// SecurityModeAuto, SecurityModeSameUID and SecurityModePrivilegedReader
+	// are the values of the security-mode setting. The webhook resolves auto
+	// to one of the other two per pod and hands the sidecar the mode it
+	// chose, which the sidecar logs at start.
+	SecurityModeAuto             = "auto"
+	SecurityModeSameUID          = "same-uid"
+	SecurityModePrivilegedReader = "privileged-reader"
+
 	// goMemLimitPercent of the sidecar's memory limit becomes its
 	// GOMEMLIMIT, leaving room for stacks and runtime overhead before the
 	// kernel OOM-kills the sidecar.
 	goMemLimitPercent = 85
 )
+
+var securityModes = []string{SecurityModeAuto, SecurityModeSameUID, SecurityModePrivilegedReader}
 
 // Profile names the sidecar can fetch from /debug/pprof/<name>.
 var knownProfiles = []string{"heap", "goroutine", "allocs"}
@@ -90,6 +100,9 @@ type Config struct {
 	CPULimit      resource.Quantity
 	MemoryRequest resource.Quantity
 	MemoryLimit   resource.Quantity
+	// SecurityMode is how the sidecar may read the app's /proc files: one of
+	// the SecurityMode* constants.
+	SecurityMode string
 }
 
 // Setting is one row of the table: a key with its default and codec.
@@ -214,6 +227,16 @@ var All = []Setting{
 			return err
 		},
 		get: func(c *Config) string { return formatBytes(c.SpoolBytes) }},
+	{Key: "security-mode", Default: SecurityModeAuto,
+		Usage: "how the sidecar reads the app's /proc: same-uid (the app's uid and gid, no capabilities), privileged-reader (uid 0 with SYS_PTRACE and DAC_READ_SEARCH), or auto: same-uid where the pod allows it",
+		set: func(c *Config, v string) error {
+			if !slices.Contains(securityModes, v) {
+				return fmt.Errorf("want one of %s", strings.Join(securityModes, ", "))
+			}
+			c.SecurityMode = v
+			return nil
+		},
+		get: func(c *Config) string { return c.SecurityMode }},
 	quantity("cpu-request", "20m", "sidecar CPU request", func(c *Config) *resource.Quantity { return &c.CPURequest }),
 	quantity("cpu-limit", "500m", "sidecar CPU limit; also sets the sidecar's GOMAXPROCS", func(c *Config) *resource.Quantity { return &c.CPULimit }),
 	quantity("memory-request", "48Mi", "sidecar memory request", func(c *Config) *resource.Quantity { return &c.MemoryRequest }),

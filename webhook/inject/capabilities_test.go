@@ -13,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/heapwatch/heapwatch/sidecar/settings"
 	"github.com/heapwatch/heapwatch/webhook/inject"
 )
 
@@ -21,8 +22,8 @@ var procReads = []string{"environ", "fd-list", "fd-link", "root"}
 
 // TestCapabilitiesSufficientAndNecessary runs, on this machine's real
 // kernel, the /proc reads the sidecar makes of another container's process,
-// from a uid-0 reader limited to the capabilities the rendered sidecar
-// adds: they must all succeed against an app running as another uid and
+// from a uid-0 reader limited to the capabilities the rendered
+// privileged-reader sidecar adds: they must all succeed against an app running as another uid and
 // against one running as root with root's capabilities, and dropping any one
 // of the added capabilities must make a read fail.
 func TestCapabilitiesSufficientAndNecessary(t *testing.T) {
@@ -33,9 +34,9 @@ func TestCapabilitiesSufficientAndNecessary(t *testing.T) {
 	if err != nil {
 		t.Skip("needs setpriv (util-linux) to run a reader with limited capabilities")
 	}
-	sc := inject.Sidecar(options().Defaults, options()).SecurityContext
+	sc := inject.Sidecar(options().Defaults, options(), inject.Security{Mode: settings.SecurityModePrivilegedReader}).SecurityContext
 	if *sc.RunAsUser != 0 || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
-		t.Fatalf("the sidecar no longer runs as uid 0 with ALL dropped; this test models that")
+		t.Fatalf("the privileged-reader sidecar no longer runs as uid 0 with ALL dropped; this test models that")
 	}
 	var added []string
 	for _, c := range sc.Capabilities.Add {

@@ -36,6 +36,11 @@ const (
 	StatusAnnotation = settings.AnnotationPrefix + "status"
 	// StatusInjected is the value of StatusAnnotation on injected pods.
 	StatusInjected = "injected"
+	// SecurityModeAnnotation records the security mode the webhook chose for
+	// the pod's sidecar (settings.SecurityModeSameUID or
+	// settings.SecurityModePrivilegedReader). The request is the setting
+	// heapwatch.io/security-mode; this is the outcome.
+	SecurityModeAnnotation = settings.AnnotationPrefix + "applied-security-mode"
 
 	// SpoolVolume is mounted at settings.SpoolDir and holds captures until stored.
 	SpoolVolume = "heapwatch-spool"
@@ -67,10 +72,13 @@ const (
 	ReasonNoShareProcessNS   Reason = "share-process-namespace-false"
 	ReasonWindows            Reason = "windows"
 	ReasonVolumeNameConflict Reason = "volume-name-conflict"
+	// ReasonNeedsSameUID: the namespace enforces Pod Security baseline or
+	// restricted, and the pod does not allow a same-uid sidecar.
+	ReasonNeedsSameUID Reason = "pod-security-needs-same-uid"
 )
 
 // Reasons lists every skip reason, for metrics and docs.
-var Reasons = []Reason{ReasonAlreadyInjected, ReasonOptOut, ReasonHostPID, ReasonNoShareProcessNS, ReasonWindows, ReasonVolumeNameConflict}
+var Reasons = []Reason{ReasonAlreadyInjected, ReasonOptOut, ReasonHostPID, ReasonNoShareProcessNS, ReasonWindows, ReasonVolumeNameConflict, ReasonNeedsSameUID}
 
 // Options are the webhook-wide settings of the injection.
 type Options struct {
@@ -85,6 +93,11 @@ type Options struct {
 	// restartPolicy Always (Kubernetes >= 1.29), so Jobs still complete;
 	// false adds a regular container for older clusters.
 	NativeSidecar bool
+	// SameUIDOnly allows only the same-uid security mode: set by the handler
+	// of the webhook entry for namespaces enforcing Pod Security baseline or
+	// restricted (the entry's path says so; the webhook makes no API call to
+	// look at namespaces).
+	SameUIDOnly bool
 }
 
 // Validate checks the options once at start-up; messages name the flag.
@@ -116,6 +129,8 @@ type Result struct {
 	Injected bool
 	// Reason says why the pod was left alone; empty when injected.
 	Reason Reason
+	// Mode is the sidecar's security mode when injected.
+	Mode string
 	// Warnings go back to the client as admission warnings.
 	Warnings []string
 }
@@ -151,9 +166,14 @@ func Inject(pod *corev1.Pod, o Options) Result {
 	}
 	cfg, more := sane(cfg, o.Defaults, pod)
 	warnings = append(warnings, more...)
+	sec, more, refusal := chooseSecurity(pod, cfg, o.SameUIDOnly)
+	warnings = append(warnings, more...)
+	if refusal != "" {
+		return Result{Reason: ReasonNeedsSameUID, Warnings: append(warnings, "heapwatch: sidecar not injected: "+refusal)}
+	}
 
 	pod.Spec.ShareProcessNamespace = ptr.To(true)
-	sidecar := Sidecar(cfg, o)
+	sidecar := Sidecar(cfg, o, sec)
 	if o.NativeSidecar {
 		// Last among the init containers: the pod's own init containers run
 		// first, undisturbed, and the sidecar is up before the app starts.
@@ -172,7 +192,8 @@ func Inject(pod *corev1.Pod, o Options) Result {
 		pod.Annotations = map[string]string{}
 	}
 	pod.Annotations[StatusAnnotation] = StatusInjected
-	return Result{Injected: true, Warnings: warnings}
+	pod.Annotations[SecurityModeAnnotation] = sec.Mode
+	return Result{Injected: true, Mode: sec.Mode, Warnings: warnings}
 }
 
 // skip returns why pod must not be injected, and the warning for the client

@@ -2,7 +2,6 @@ package inject_test
 
 import (
 	"flag"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -11,10 +10,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
-	"sigs.k8s.io/yaml"
 
 	"github.com/heapwatch/heapwatch/sidecar/settings"
 	"github.com/heapwatch/heapwatch/webhook/inject"
+	"github.com/heapwatch/heapwatch/webhook/internal/golden"
 	"github.com/heapwatch/heapwatch/webhook/internal/podgen"
 )
 
@@ -338,12 +337,14 @@ func TestSidecarGolden(t *testing.T) {
 		name string
 		opts inject.Options
 		ann  map[string]string
+		sec  inject.Security
 	}{
-		{"native-defaults", options(), nil},
+		{"native-defaults", options(), nil, inject.Security{Mode: settings.SecurityModePrivilegedReader}},
+		{"native-same-uid", options(), nil, inject.Security{Mode: settings.SecurityModeSameUID, UID: 1000, GID: 3000}},
 		{"regular-s3-credentials", options(func(o *inject.Options) {
 			o.NativeSidecar = false
 			o.CredentialsSecret = "heapwatch-s3"
-		}), map[string]string{"heapwatch.io/storage": "s3://captures/team-a?region=eu-west-1", "heapwatch.io/cpu-limit": "2", "heapwatch.io/memory-limit": "256Mi"}},
+		}), map[string]string{"heapwatch.io/storage": "s3://captures/team-a?region=eu-west-1", "heapwatch.io/cpu-limit": "2", "heapwatch.io/memory-limit": "256Mi"}, inject.Security{Mode: settings.SecurityModePrivilegedReader}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -351,23 +352,7 @@ func TestSidecarGolden(t *testing.T) {
 			if len(problems) > 0 {
 				t.Fatalf("problems: %v", problems)
 			}
-			got, err := yaml.Marshal(inject.Sidecar(cfg, tt.opts))
-			if err != nil {
-				t.Fatal(err)
-			}
-			golden := filepath.Join("testdata", tt.name+".yaml")
-			if *update {
-				if err := os.WriteFile(golden, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("%v (run go test -update to create it)", err)
-			}
-			if string(got) != string(want) {
-				t.Errorf("sidecar differs from %s (run go test -update after an intended change):\n%s", golden, got)
-			}
+			golden.YAML(t, filepath.Join("testdata", tt.name+".yaml"), inject.Sidecar(cfg, tt.opts, tt.sec), *update)
 		})
 	}
 }

@@ -10,25 +10,10 @@ import (
 	"github.com/heapwatch/heapwatch/sidecar/settings"
 )
 
-// Capabilities the sidecar keeps after dropping ALL; see the README's
-// privileges section for the full reasoning.
-var capabilities = []corev1.Capability{
-	// SYS_PTRACE: following /proc/<pid>/root and reading /proc/<pid>/fd links
-	// and /proc/<pid>/environ of another container's process is a
-	// PTRACE_MODE_READ access check. Same uid is not enough either: the
-	// kernel also requires the reader's capabilities to be a superset of the
-	// target's unless it holds CAP_SYS_PTRACE. The sidecar never calls
-	// ptrace(2) (RuntimeDefault seccomp stays on).
-	"SYS_PTRACE",
-	// DAC_READ_SEARCH: /proc/<pid>/fd (mode 0500) and /proc/<pid>/environ
-	// (0400) belong to the app's uid; the sidecar runs as uid 0 without
-	// DAC_OVERRIDE, so listing and reading them for an app running as any
-	// other uid needs the read-only permission bypass. It grants no write.
-	"DAC_READ_SEARCH",
-}
-
-// Sidecar renders the sidecar container for cfg.
-func Sidecar(cfg settings.Config, o Options) corev1.Container {
+// Sidecar renders the sidecar container for cfg in security mode sec; the
+// sidecar's HEAPWATCH_SECURITY_MODE is the mode chosen, not the request.
+func Sidecar(cfg settings.Config, o Options, sec Security) corev1.Container {
+	cfg.SecurityMode = sec.Mode
 	c := corev1.Container{
 		Name:  SidecarName,
 		Image: o.Image,
@@ -44,18 +29,7 @@ func Sidecar(cfg settings.Config, o Options) corev1.Container {
 		},
 		VolumeMounts:             []corev1.VolumeMount{{Name: SpoolVolume, MountPath: settings.SpoolDir}},
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
-		SecurityContext: &corev1.SecurityContext{
-			Privileged:               ptr.To(false),
-			AllowPrivilegeEscalation: ptr.To(false),
-			ReadOnlyRootFilesystem:   ptr.To(true),
-			// uid 0, stripped to two capabilities: Kubernetes gives added
-			// capabilities to non-root containers only in the bounding set,
-			// never effective, so a non-root sidecar could not use them.
-			RunAsUser:      ptr.To[int64](0),
-			RunAsNonRoot:   ptr.To(false),
-			Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: capabilities},
-			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
-		},
+		SecurityContext:          securityContext(sec),
 	}
 	if dir, _ := fileStorageDir(cfg.Storage); dir != "" {
 		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: CapturesVolume, MountPath: dir})

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -15,6 +16,7 @@ import (
 	"k8s.io/client-go/restmapper"
 
 	"github.com/heapwatch/heapwatch/deploy"
+	"github.com/heapwatch/heapwatch/webhook"
 )
 
 // TestDeployManifestsApply applies every object of the kustomizations and the
@@ -69,12 +71,31 @@ func TestDeployManifestsApply(t *testing.T) {
 				if err != nil {
 					t.Fatalf("%s: %v", gvk, err)
 				}
-				_, err = dyn.Resource(m.Resource).Namespace(o.GetNamespace()).Apply(ctx, o.GetName(), o,
+				applied, err := dyn.Resource(m.Resource).Namespace(o.GetNamespace()).Apply(ctx, o.GetName(), o,
 					metav1.ApplyOptions{FieldManager: "heapwatch-test", Force: true, DryRun: []string{metav1.DryRunAll}})
 				if err != nil {
 					t.Errorf("%s %s/%s: %v", gvk.Kind, o.GetNamespace(), o.GetName(), err)
+					continue
+				}
+				if gvk.Kind == "MutatingWebhookConfiguration" {
+					checkEntries(t, applied)
 				}
 			}
 		})
+	}
+}
+
+// checkEntries asserts the configuration as the API server accepted it has
+// both entries: the privileged-capable one and the same-uid-only one.
+func checkEntries(t *testing.T, cfg *unstructured.Unstructured) {
+	t.Helper()
+	hooks, _, _ := unstructured.NestedSlice(cfg.Object, "webhooks")
+	var paths []string
+	for _, h := range hooks {
+		p, _, _ := unstructured.NestedString(h.(map[string]any), "clientConfig", "service", "path")
+		paths = append(paths, p)
+	}
+	if want := []string{webhook.Path, webhook.SameUIDOnlyPath}; !slices.Equal(paths, want) {
+		t.Errorf("applied webhook paths %v, want %v", paths, want)
 	}
 }

@@ -221,7 +221,9 @@ func (s *server) servedSerial() (string, error) {
 }
 
 // register creates the MutatingWebhookConfiguration rendered from deploy/,
-// pointed at s over loopback with the test CA; change adjusts it further.
+// every entry pointed at s over loopback with the test CA. With change, only
+// the first entry is kept (tests giving it their own selector want one),
+// adjusted by change.
 func register(ctx context.Context, name string, s *server, change func(*admissionregistrationv1.MutatingWebhook)) error {
 	objs, err := deploy.Render("../../deploy/kustomize/default")
 	if err != nil {
@@ -235,15 +237,21 @@ func register(ctx context.Context, name string, s *server, change func(*admissio
 			}
 		}
 	}
-	if len(cfg.Webhooks) != 1 {
-		return fmt.Errorf("deploy/ renders %d webhooks, want 1", len(cfg.Webhooks))
+	if len(cfg.Webhooks) != 2 {
+		return fmt.Errorf("deploy/ renders %d webhooks, want 2", len(cfg.Webhooks))
 	}
 	cfg.Name = name
-	wh := &cfg.Webhooks[0]
-	wh.ClientConfig = admissionregistrationv1.WebhookClientConfig{
-		URL:      ptr.To(s.url() + *wh.ClientConfig.Service.Path),
-		CABundle: ca.PEM,
+	if change != nil {
+		cfg.Webhooks = cfg.Webhooks[:1]
 	}
+	for i := range cfg.Webhooks {
+		wh := &cfg.Webhooks[i]
+		wh.ClientConfig = admissionregistrationv1.WebhookClientConfig{
+			URL:      ptr.To(s.url() + *wh.ClientConfig.Service.Path),
+			CABundle: ca.PEM,
+		}
+	}
+	wh := &cfg.Webhooks[0]
 	if change != nil {
 		change(wh)
 	}

@@ -33,7 +33,9 @@ func TestSelection(t *testing.T) {
 		{"unlabelled namespace", nil, podgen.Pod("app"), false},
 		{"namespace label other value", map[string]string{inject.InjectLabel: "disabled"}, podgen.Pod("app"), false},
 		{"pod opt-out label", map[string]string{inject.InjectLabel: "enabled"}, podgen.Pod("app", podgen.Labels(inject.InjectLabel, "disabled")), false},
-		{"restricted Pod Security namespace", map[string]string{inject.InjectLabel: "enabled", "pod-security.kubernetes.io/enforce": "baseline"}, podgen.Pod("app"), false},
+		// The same-uid-only entry, for a pod without runAsUser: see podsecurity_test.go.
+		{"baseline Pod Security namespace, pod without runAsUser", map[string]string{inject.InjectLabel: "enabled", "pod-security.kubernetes.io/enforce": "baseline"}, podgen.Pod("app"), false},
+		{"baseline Pod Security namespace, pod with runAsUser", map[string]string{inject.InjectLabel: "enabled", "pod-security.kubernetes.io/enforce": "baseline"}, podgen.Pod("app", podgen.RunAs(1000, 1000)), true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -312,11 +314,12 @@ func TestWebhookStopped(t *testing.T) {
 	}
 }
 
-// TestPodSecurityNeedsPrivileged shows why the configuration skips
-// namespaces enforcing Pod Security baseline or restricted: there the
-// injected sidecar (uid 0, SYS_PTRACE, DAC_READ_SEARCH) makes the API server
-// refuse the pod. A configuration without that exclusion is registered for
-// test namespaces only.
+// TestPodSecurityNeedsPrivileged shows why the configuration's first entry
+// skips namespaces enforcing Pod Security baseline or restricted: there the
+// privileged-reader sidecar (uid 0, SYS_PTRACE, DAC_READ_SEARCH) makes the
+// API server refuse the pod. The first entry without that exclusion is
+// registered for test namespaces only. It also shows that the API server
+// under test enforces Pod Security.
 func TestPodSecurityNeedsPrivileged(t *testing.T) {
 	ctx := context.Background()
 	cs, _ := client(t)
