@@ -53,6 +53,15 @@ demo: ## See the main job: a leaky app OOM-killed in an emulated pod, its heap p
 test: lint envtest versitygw ## Lint, then run every unit, integration and end-to-end test (root for the cgroup tests).
 	$(TEST_ENV) go test -race -count=1 -p 1 -timeout $(TEST_TIMEOUT) ./...
 
+# `make test-v2 RUN=TestX` runs only the tests matching TestX in the VM.
+RUN ?=
+
+.PHONY: test-v2
+test-v2: ## Run the real-kernel suites (podsim, cgroup, e2e) on cgroup v2 in a QEMU VM (RUN=TestX for one test).
+	@rm -f $(BIN)/vm/summary
+	HEAPWATCH_V2_RUN='$(RUN)' HEAPWATCH_V2_SUMMARY=$(BIN)/vm/summary go test -count=1 -v -timeout 30m ./sidecar/e2e/cgroupv2/
+	@cat $(BIN)/vm/summary
+
 .PHONY: bench
 bench: envtest versitygw ## Run the benchmarks: admission latency, detection latency, capture rate, CPU, memory.
 	$(TEST_ENV) go test -run '^$$' -bench . -benchmem -timeout 60m ./...

@@ -149,6 +149,16 @@ type Memory struct {
 	LimitBytes uint64 `json:"limitBytes"`
 }
 
+// Pressure is the container's memory PSI at capture time (cgroup v2
+// memory.pressure): the percentage of the last 10 s in which some or all of
+// its tasks were stalled on memory, and the total stall time.
+type Pressure struct {
+	SomeAvg10       float64 `json:"someAvg10"`
+	FullAvg10       float64 `json:"fullAvg10"`
+	SomeTotalMicros uint64  `json:"someTotalMicros"`
+	FullTotalMicros uint64  `json:"fullTotalMicros"`
+}
+
 // Profile is one fetched profile of a capture.
 type Profile struct {
 	Name  string `json:"name"`
@@ -181,7 +191,9 @@ type Metadata struct {
 	Memory      Memory    `json:"memory"`
 	// MemoryStat is the container's memory.stat at capture time.
 	MemoryStat map[string]uint64 `json:"memoryStat,omitempty"`
-	Profiles   []Profile         `json:"profiles"`
+	// Pressure is set on cgroup v2 (v1 has no per-group PSI).
+	Pressure *Pressure `json:"memoryPressure,omitempty"`
+	Profiles []Profile `json:"profiles"`
 	// Final marks the last capture taken before an OOM kill of the
 	// container, seen at OOMKilledAt.
 	Final       bool       `json:"finalBeforeOOMKill"`

@@ -73,6 +73,7 @@ type Request struct {
 	DetectedAt time.Time
 	Memory     capture.Memory
 	Stat       map[string]uint64
+	Pressure   *capture.Pressure
 }
 
 // Options configure a Collector.
@@ -438,7 +439,7 @@ func (w *worker) captureFrom(r Request, ep pprof.Endpoint, first bool) error {
 		Container: r.Container, PID: ep.PID, Port: ep.Port,
 		Trigger: r.Kind, Reason: r.Reason,
 		DetectedAt: r.DetectedAt, CapturedAt: start,
-		Memory: r.Memory, MemoryStat: r.Stat,
+		Memory: r.Memory, MemoryStat: r.Stat, Pressure: r.Pressure,
 		Timeline: w.tl.snapshot(start),
 	}
 	name := meta.Name()

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/heapwatch/heapwatch/sidecar/capture"
+	"github.com/heapwatch/heapwatch/sidecar/cgroup"
 	"github.com/heapwatch/heapwatch/sidecar/watch"
 )
 
@@ -19,8 +20,17 @@ func (h Handler) Capture(ev watch.Event) {
 		Container: ev.Container.Name, PIDs: ev.Container.PIDs,
 		Kind: ev.Kind, Reason: ev.Reason, Hold: ev.Hold, DetectedAt: ev.DetectedAt,
 		Memory: capture.Memory{UsageBytes: ev.Sample.Usage, WorkingSetBytes: ev.Sample.WorkingSet, LimitBytes: ev.Sample.Limit},
-		Stat:   ev.Stat,
+		Stat:   ev.Stat, Pressure: pressure(ev.Pressure),
 	})
+}
+
+// pressure copies the cgroup's PSI reading into the capture contract.
+func pressure(p *cgroup.Pressure) *capture.Pressure {
+	if p == nil {
+		return nil
+	}
+	return &capture.Pressure{SomeAvg10: p.Some.Avg10, FullAvg10: p.Full.Avg10,
+		SomeTotalMicros: p.Some.TotalMicros, FullTotalMicros: p.Full.TotalMicros}
 }
 
 // OOMKilled marks the container's last capture before the kill as final.

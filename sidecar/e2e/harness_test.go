@@ -6,6 +6,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -38,6 +39,31 @@ var sidecarBin, leakyBin, heapwatchBin string
 // unsupported says why pods cannot be emulated here; empty when they can.
 var unsupported string
 
+// binDirEnv names a directory holding prebuilt sidecar and leaky binaries:
+// the cgroup v2 run in a VM (sidecar/e2e/v2) has no Go toolchain inside.
+const binDirEnv = "HEAPWATCH_E2E_BIN"
+
+// summaryEnv names a file to which every OOM kill and every usable final
+// capture is appended as a line "oom_kill <test>" or "captured <test>", for
+// the totals of the cgroup v2 run.
+const summaryEnv = "HEAPWATCH_E2E_SUMMARY"
+
+// record appends one event line to the summary file, if one is set.
+func record(t testing.TB, event string) {
+	path := os.Getenv(summaryEnv)
+	if path == "" {
+		return
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err == nil {
+		_, err = fmt.Fprintf(f, "%s %s\n", event, t.Name())
+		err = errors.Join(err, f.Close())
+	}
+	if err != nil {
+		t.Errorf("summary: %v", err)
+	}
+}
+
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
 }
@@ -45,6 +71,10 @@ func TestMain(m *testing.M) {
 func run(m *testing.M) int {
 	if err := podsim.Supported(); err != nil {
 		unsupported = err.Error()
+		return m.Run()
+	}
+	if dir := os.Getenv(binDirEnv); dir != "" {
+		sidecarBin, leakyBin = filepath.Join(dir, "sidecar"), filepath.Join(dir, "leaky")
 		return m.Run()
 	}
 	dir, err := os.MkdirTemp("", "heapwatch-e2e-")
@@ -72,7 +102,7 @@ func run(m *testing.M) int {
 func requirePods(t testing.TB) {
 	t.Helper()
 	if unsupported != "" {
-		t.Skipf("needs root and a cgroup v1 memory hierarchy: %s", unsupported)
+		t.Skipf("needs root and a memory cgroup hierarchy: %s", unsupported)
 	}
 }
 
@@ -191,6 +221,7 @@ func (r *podRun) waitOOMKill(t testing.TB, timeout time.Duration) {
 			t.Fatal(err)
 		}
 		if n > 0 {
+			record(t, "oom_kill")
 			return
 		}
 		if time.Now().After(deadline) {
@@ -304,8 +335,15 @@ func checkFinalHeap(t testing.TB, st store.Store, m *capture.Metadata, want stri
 		t.Errorf("final capture metadata: container %q pod %q ns %q limit %d pid %d port %d",
 			m.Container, m.Pod, m.Namespace, m.Memory.LimitBytes, m.PID, m.Port)
 	}
+	if podsim.CgroupVersion() == 2 && m.Pressure == nil {
+		t.Errorf("final capture %s on cgroup v2 without memory.pressure", m.ID)
+	}
 	if err := verifyFinalHeap(st, m, want); err != nil {
 		t.Error(err)
+	} else if m.Pressure != nil {
+		record(t, fmt.Sprintf("captured psi_some_avg10=%.2f psi_full_avg10=%.2f", m.Pressure.SomeAvg10, m.Pressure.FullAvg10))
+	} else {
+		record(t, "captured")
 	}
 }
 

@@ -4,12 +4,22 @@
 //
 // The pod is `unshare --pid --fork --mount-proc` (optionally --net with lo
 // up); its PID 1 is a sleeping init, like the pause container. Every
-// container joins the pod's namespaces with nsenter, gets its own cgroup v1
-// memory group under /sys/fs/cgroup/memory/<pod>/<container> with the
-// configured limit, and its own mount namespace where /sys/fs/cgroup/memory
-// is bind-mounted to that group: the view a container runtime gives under
-// cgroup v1, so /proc/<pid>/root/sys/fs/cgroup/memory/... shows the
-// container's own usage and limit.
+// container joins the pod's namespaces with nsenter and gets its own memory
+// cgroup with the configured limit, seen the way a container runtime shows
+// it. Which cgroup version follows the kernel (CgroupVersion):
+//
+//   - v1: a group under /sys/fs/cgroup/memory/<pod>/<container> and a
+//     mount namespace where /sys/fs/cgroup/memory is bind-mounted to it, so
+//     /proc/<pid>/root/sys/fs/cgroup/memory/... shows the container's own
+//     usage and limit.
+//   - v2, as containerd and runc do it: a pod cgroup /sys/fs/cgroup/<pod>
+//     with memory delegated to one child per container (memory.max,
+//     memory.swap.max=0, and memory.oom.group=1 as the kubelet sets it);
+//     every container in its own cgroup namespace (unshare --cgroup) and
+//     mount namespace with cgroup2 mounted at /sys/fs/cgroup, so it sees
+//     its own group as the root (read-only, as for an unprivileged
+//     container) and, from another container, /proc/<pid>/cgroup reads
+//     0::/../<container>.
 //
 // Close kills every process (killing the pod's PID 1 kills its whole PID
 // namespace, and the mount namespaces die with their processes) and removes
@@ -27,6 +37,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,8 +50,34 @@ import (
 // MemoryRoot is the cgroup v1 memory hierarchy the pods' groups are made in.
 const MemoryRoot = "/sys/fs/cgroup/memory"
 
+// UnifiedRoot is the cgroup v2 hierarchy the pods' groups are made in when
+// it has the memory controller (a cgroup v2 node).
+const UnifiedRoot = "/sys/fs/cgroup"
+
+// CgroupVersion is the cgroup version pods get here: 1 with a v1 memory
+// hierarchy, 2 with cgroup2 at /sys/fs/cgroup holding the memory
+// controller, 0 with neither.
+func CgroupVersion() int {
+	if _, err := os.Stat(filepath.Join(MemoryRoot, "memory.limit_in_bytes")); err == nil {
+		return 1
+	}
+	b, err := os.ReadFile(filepath.Join(UnifiedRoot, "cgroup.controllers"))
+	if err == nil && slices.Contains(strings.Fields(string(b)), "memory") {
+		return 2
+	}
+	return 0
+}
+
+// root is the hierarchy pods' groups are made in.
+func root(version int) string {
+	if version == 2 {
+		return UnifiedRoot
+	}
+	return MemoryRoot
+}
+
 // ErrUnsupported reports a machine where pods cannot be emulated: not root,
-// no cgroup v1 memory hierarchy, or a missing tool.
+// no memory cgroup hierarchy, or a missing tool.
 var ErrUnsupported = errors.New("podsim: cannot emulate a pod here")
 
 // Spec describes a pod.
@@ -64,7 +101,9 @@ type ContainerSpec struct {
 	// MemoryLimit in bytes; 0 leaves the container without a limit.
 	MemoryLimit int64
 	// ReadOnlyCgroup mounts the container's cgroup view read-only, so
-	// nothing can register kernel notifications through it.
+	// nothing can register kernel notifications through it. On v2 the view
+	// is always read-only, as containerd and runc mount it for every
+	// unprivileged container.
 	ReadOnlyCgroup bool
 	// User, when set, runs the command as that uid and gid with no
 	// capabilities at all, as a container with runAsUser, runAsGroup,
@@ -84,6 +123,8 @@ type User struct{ UID, GID int }
 type Pod struct {
 	Name      string // the pod's cgroup directory name
 	CgroupDir string
+	// Version is the cgroup version of the pod's groups (1 or 2).
+	Version int
 
 	spec    Spec
 	initCmd *exec.Cmd
@@ -98,6 +139,7 @@ type Pod struct {
 type Container struct {
 	Name      string
 	CgroupDir string
+	version   int
 
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -109,8 +151,8 @@ func Supported() error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("%w: must run as root (uid %d) to create cgroups and namespaces", ErrUnsupported, os.Geteuid())
 	}
-	if _, err := os.Stat(filepath.Join(MemoryRoot, "memory.limit_in_bytes")); err != nil {
-		return fmt.Errorf("%w: no cgroup v1 memory hierarchy at %s: %w", ErrUnsupported, MemoryRoot, err)
+	if CgroupVersion() == 0 {
+		return fmt.Errorf("%w: no cgroup v1 memory hierarchy at %s and no memory controller in cgroup v2 at %s", ErrUnsupported, MemoryRoot, UnifiedRoot)
 	}
 	for _, tool := range []string{"unshare", "nsenter", "mount", "sh", "setpriv"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -131,13 +173,21 @@ func Start(ctx context.Context, spec Spec) (*Pod, error) {
 			return nil, fmt.Errorf("%w: ip not found (needed for Net): %w", ErrUnsupported, err)
 		}
 	}
-	removeStale()
+	version := CgroupVersion()
+	removeStale(root(version))
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
 	name := fmt.Sprintf("%s%s-%s", namePrefix, sanitize(spec.Name), hex.EncodeToString(suffix))
-	p := &Pod{Name: name, CgroupDir: filepath.Join(MemoryRoot, name), spec: spec}
+	p := &Pod{Name: name, CgroupDir: filepath.Join(root(version), name), Version: version, spec: spec}
 	if err := os.Mkdir(p.CgroupDir, 0o755); err != nil {
 		return nil, fmt.Errorf("podsim: create pod cgroup: %w", err)
+	}
+	if version == 2 {
+		// Delegate memory to the containers' groups, as the runtime does
+		// for the pod's cgroup.
+		if err := os.WriteFile(filepath.Join(p.CgroupDir, "cgroup.subtree_control"), []byte("+memory"), 0); err != nil {
+			return nil, errors.Join(fmt.Errorf("podsim: pod cgroup: enable memory: %w", err), p.Close())
+		}
 	}
 	if err := p.startInit(ctx); err != nil {
 		return nil, errors.Join(err, p.Close())
@@ -210,6 +260,23 @@ if [ "$2" = ro ]; then mount -o remount,bind,ro /sys/fs/cgroup/memory; fi
 shift 2
 exec "$@"`
 
+// containerScriptV2 moves itself into the container's group ($1), then
+// takes a cgroup namespace rooted there and a mount namespace where cgroup2
+// is mounted at /sys/fs/cgroup ($2 "ro" or "rw"), and execs the command.
+// The node's cgroup2 mount is lazily unmounted first: the same superblock
+// cannot be mounted twice on one mount point (EBUSY). $3 is util-linux's unshare by path: a busybox sh may prefer its own
+// applet, which has no --cgroup.
+const containerScriptV2 = `set -e
+echo $$ > "$1/cgroup.procs"
+mode=$2
+unshare=$3
+shift 3
+exec "$unshare" --cgroup --mount --propagation private -- sh -c '
+set -e
+umount -l /sys/fs/cgroup
+if [ "$0" = ro ]; then mount -t cgroup2 -o ro cgroup2 /sys/fs/cgroup; else mount -t cgroup2 cgroup2 /sys/fs/cgroup; fi
+exec "$@"' "$mode" "$@"`
+
 // Add starts one more container in the pod.
 func (p *Pod) Add(spec ContainerSpec) (*Container, error) {
 	p.mu.Lock()
@@ -220,28 +287,47 @@ func (p *Pod) Add(spec ContainerSpec) (*Container, error) {
 	if spec.Name == "" || sanitize(spec.Name) != spec.Name || len(spec.Argv) == 0 {
 		return nil, fmt.Errorf("podsim: container %q: need a name of [a-z0-9-] and a command", spec.Name)
 	}
-	c := &Container{Name: spec.Name, CgroupDir: filepath.Join(p.CgroupDir, spec.Name), done: make(chan struct{})}
+	c := &Container{Name: spec.Name, CgroupDir: filepath.Join(p.CgroupDir, spec.Name), version: p.Version, done: make(chan struct{})}
 	if err := os.Mkdir(c.CgroupDir, 0o755); err != nil {
 		return nil, fmt.Errorf("podsim: container %s cgroup: %w", spec.Name, err)
+	}
+	setLimit := setLimitV1
+	if p.Version == 2 {
+		setLimit = setLimitV2
 	}
 	if err := setLimit(c.CgroupDir, spec.MemoryLimit); err != nil {
 		_ = os.Remove(c.CgroupDir)
 		return nil, fmt.Errorf("podsim: container %s: %w", spec.Name, err)
 	}
 	mode := "rw"
-	if spec.ReadOnlyCgroup {
+	if spec.ReadOnlyCgroup || p.Version == 2 {
 		mode = "ro"
 	}
 	args := []string{"--target", strconv.Itoa(p.initPID), "--pid", "--mount"}
 	if p.spec.Net {
 		args = append(args, "--net")
 	}
-	args = append(args, "--", "unshare", "--mount", "--propagation", "private", "--",
-		"sh", "-c", containerScript, "sh", c.CgroupDir, mode)
+	if p.Version == 2 {
+		unshare, err := exec.LookPath("unshare")
+		if err != nil {
+			_ = os.Remove(c.CgroupDir)
+			return nil, fmt.Errorf("%w: unshare not found: %w", ErrUnsupported, err)
+		}
+		args = append(args, "--", "sh", "-c", containerScriptV2, "sh", c.CgroupDir, mode, unshare)
+	} else {
+		args = append(args, "--", "unshare", "--mount", "--propagation", "private", "--",
+			"sh", "-c", containerScript, "sh", c.CgroupDir, mode)
+	}
 	if u := spec.User; u != nil {
 		// setpriv runs last, after the script's mounts, which need root;
-		// the command's exec then makes the saved uid the new one too.
-		args = append(args, "setpriv", "--reuid", strconv.Itoa(u.UID), "--regid", strconv.Itoa(u.GID),
+		// the command's exec then makes the saved uid the new one too. By
+		// path: a busybox sh would prefer its own setpriv applet.
+		setpriv, err := exec.LookPath("setpriv")
+		if err != nil {
+			_ = os.Remove(c.CgroupDir)
+			return nil, fmt.Errorf("%w: setpriv not found: %w", ErrUnsupported, err)
+		}
+		args = append(args, setpriv, "--reuid", strconv.Itoa(u.UID), "--regid", strconv.Itoa(u.GID),
 			"--clear-groups", "--inh-caps", "-all", "--bounding-set", "-all", "--no-new-privs", "--")
 	}
 	args = append(args, spec.Argv...)
@@ -356,9 +442,14 @@ func (c *Container) PID() (int, error) {
 	return childPID(c.cmd.Process.Pid)
 }
 
-// OOMKills reads the oom_kill counter of the container's memory.oom_control.
+// OOMKills reads the oom_kill counter of the container's memory.oom_control
+// (v1) or memory.events (v2).
 func (c *Container) OOMKills() (uint64, error) {
-	b, err := os.ReadFile(filepath.Join(c.CgroupDir, "memory.oom_control"))
+	file := "memory.oom_control"
+	if c.version == 2 {
+		file = "memory.events"
+	}
+	b, err := os.ReadFile(filepath.Join(c.CgroupDir, file))
 	if err != nil {
 		return 0, fmt.Errorf("podsim: %s: %w", c.Name, err)
 	}
@@ -371,12 +462,12 @@ func (c *Container) OOMKills() (uint64, error) {
 			return n, nil
 		}
 	}
-	return 0, fmt.Errorf("podsim: %s: no oom_kill line in memory.oom_control", c.Name)
+	return 0, fmt.Errorf("podsim: %s: no oom_kill line in %s", c.Name, file)
 }
 
-// setLimit writes the memory limit, and the same memory+swap limit when the
+// setLimitV1 writes the memory limit, and the same memory+swap limit when the
 // kernel accounts swap, so the container is OOM-killed rather than swapped.
-func setLimit(dir string, limit int64) error {
+func setLimitV1(dir string, limit int64) error {
 	if limit <= 0 {
 		return nil
 	}
@@ -388,6 +479,28 @@ func setLimit(dir string, limit int64) error {
 	if _, err := os.Stat(memsw); err == nil {
 		if err := os.WriteFile(memsw, v, 0); err != nil {
 			return fmt.Errorf("set memory+swap limit: %w", err)
+		}
+	}
+	return nil
+}
+
+// setLimitV2 writes memory.max, no swap, and memory.oom.group=1: the
+// kubelet sets it on v2 so an OOM kill takes the whole container, not one
+// of its processes.
+func setLimitV2(dir string, limit int64) error {
+	if err := os.WriteFile(filepath.Join(dir, "memory.oom.group"), []byte("1"), 0); err != nil {
+		return fmt.Errorf("set memory.oom.group: %w", err)
+	}
+	if limit <= 0 {
+		return nil
+	}
+	if err := os.WriteFile(filepath.Join(dir, "memory.max"), []byte(strconv.FormatInt(limit, 10)), 0); err != nil {
+		return fmt.Errorf("set memory limit: %w", err)
+	}
+	swap := filepath.Join(dir, "memory.swap.max")
+	if _, err := os.Stat(swap); err == nil {
+		if err := os.WriteFile(swap, []byte("0"), 0); err != nil {
+			return fmt.Errorf("set swap limit: %w", err)
 		}
 	}
 	return nil
@@ -419,8 +532,8 @@ const staleAge = 10 * time.Minute
 
 // removeStale removes the empty cgroups of emulated pods whose caller was
 // killed before Close. A group that still has tasks cannot be removed.
-func removeStale() {
-	dirs, _ := filepath.Glob(filepath.Join(MemoryRoot, namePrefix+"*"))
+func removeStale(root string) {
+	dirs, _ := filepath.Glob(filepath.Join(root, namePrefix+"*"))
 	for _, dir := range dirs {
 		st, err := os.Stat(dir)
 		if err != nil || time.Since(st.ModTime()) < staleAge {

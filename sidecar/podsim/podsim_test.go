@@ -16,7 +16,7 @@ import (
 func requirePods(t *testing.T) {
 	t.Helper()
 	if err := Supported(); err != nil {
-		t.Skipf("needs root and a cgroup v1 memory hierarchy: %v", err)
+		t.Skipf("needs root and a memory cgroup hierarchy: %v", err)
 	}
 }
 
@@ -61,12 +61,22 @@ func TestContainerView(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "out")
 			// The container reports what it sees: its own limit, its name,
-			// whether its cgroup view is writable, and the PIDs of the pod.
+			// whether its cgroup view is writable, the PIDs of the pod, and
+			// on v2 its cgroup (the namespace root) and memory.oom.group.
 			script := `cat /sys/fs/cgroup/memory/memory.limit_in_bytes
 echo "$HEAPWATCH_CONTAINER_NAME"
 if echo 1 > /sys/fs/cgroup/memory/memory.soft_limit_in_bytes 2>/dev/null; then echo rw; else echo ro; fi
 ls /proc | grep -c '^[0-9]'
 echo $$`
+			if CgroupVersion() == 2 {
+				script = `cat /sys/fs/cgroup/memory.max
+echo "$HEAPWATCH_CONTAINER_NAME"
+if echo max > /sys/fs/cgroup/memory.high 2>/dev/null; then echo rw; else echo ro; fi
+ls /proc | grep -c '^[0-9]'
+echo $$
+cat /proc/self/cgroup
+cat /sys/fs/cgroup/memory.oom.group`
+			}
 			p := startPod(t, Spec{Name: t.Name(), Net: tt.net, Containers: []ContainerSpec{
 				{Name: "sleeper", Argv: []string{"sleep", "60"}},
 				{Name: "app", Argv: []string{"sh", "-c", "{\n" + script + "\n} > " + out}, MemoryLimit: 64 << 20, ReadOnlyCgroup: tt.readOnly},
@@ -79,12 +89,15 @@ echo $$`
 				t.Fatal(err)
 			}
 			lines := strings.Fields(string(b))
-			if len(lines) != 5 {
-				t.Fatalf("output %q", b)
+			if want := map[int]int{1: 5, 2: 7}[p.Version]; len(lines) != want {
+				t.Fatalf("output %q: want %d lines (cgroup v%d)", b, want, p.Version)
+			}
+			if p.Version == 2 && (lines[5] != "0::/" || lines[6] != "1") {
+				t.Errorf("v2 container sees cgroup %q and memory.oom.group %q; want its own namespace root 0::/ and 1", lines[5], lines[6])
 			}
 			mode := "rw"
-			if tt.readOnly {
-				mode = "ro"
+			if tt.readOnly || p.Version == 2 {
+				mode = "ro" // v2: always, as containerd mounts it
 			}
 			if lines[0] != strconv.Itoa(64<<20) || lines[1] != "app" || lines[2] != mode {
 				t.Errorf("limit, name, mode = %q, %q, %q; want %d, app, %s", lines[0], lines[1], lines[2], 64<<20, mode)
@@ -101,19 +114,62 @@ echo $$`
 	}
 }
 
+// TestCgroupSeenFromAnotherContainer checks what the sidecar sees of the
+// app: on v2 each container has its own cgroup namespace, so the app's
+// group lies outside the reader's namespace root.
+func TestCgroupSeenFromAnotherContainer(t *testing.T) {
+	requirePods(t)
+	out := filepath.Join(t.TempDir(), "out")
+	p := startPod(t, Spec{Name: t.Name(), Containers: []ContainerSpec{
+		{Name: "app", Argv: []string{"sleep", "60"}, MemoryLimit: 32 << 20},
+		// Until the app has exec'd sleep 60 (the pod's init is a sleep
+		// too), look again.
+		{Name: "reader", Argv: []string{"sh", "-c", `for i in $(seq 200); do
+  for p in /proc/[0-9]*; do if [ "$(tr '\0' ' ' < $p/cmdline)" = "sleep 60 " ]; then cat $p/cgroup > ` + out + `; exit 0; fi; done
+  sleep 0.05
+done; exit 1`}},
+	}})
+	if code := waitExit(t, p.Container("reader")); code != 0 {
+		t.Fatalf("reader exit code %d", code)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ":memory:/" + p.Name + "/app\n"
+	if p.Version == 2 {
+		want = "0::/../app\n"
+	}
+	if !strings.Contains(string(b), want) {
+		t.Errorf("the app's /proc/<pid>/cgroup seen from another container:\n%s\nwant a line ending in %q (cgroup v%d)", b, want, p.Version)
+	}
+}
+
 func TestOOMKill(t *testing.T) {
 	requirePods(t)
-	// tail holds its whole input in memory when there is no newline.
+	// dd reads into one buffer of bs bytes, touching every page (GNU and
+	// busybox alike; busybox's tail, unlike GNU's, does not hold its input).
 	p := startPod(t, Spec{Name: t.Name(), Containers: []ContainerSpec{
-		{Name: "hog", Argv: []string{"sh", "-c", "head -c 512M /dev/zero | tail"}, MemoryLimit: 32 << 20},
+		{Name: "hog", Argv: []string{"dd", "if=/dev/zero", "of=/dev/null", "bs=512M", "count=1"}, MemoryLimit: 32 << 20},
 	}})
 	c := p.Container("hog")
 	if code := waitExit(t, c); code != 137 {
 		t.Errorf("exit code %d, want 137", code)
 	}
 	n, err := c.OOMKills()
-	if err != nil || n != 1 {
+	if p.Version == 1 && (err != nil || n != 1) {
 		t.Errorf("oom_kill = %d, %v; want 1", n, err)
+	}
+	if p.Version == 2 {
+		// With memory.oom.group=1 the kernel counts the victim in oom_kill
+		// and again when it kills the whole group: one event, oom_kill 2.
+		b, err := os.ReadFile(filepath.Join(c.CgroupDir, "memory.events"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), "oom_group_kill 1\n") || n < 1 {
+			t.Errorf("v2 memory.events after one OOM kill of the group:\n%s(oom_kill %d); want oom_group_kill 1", b, n)
+		}
 	}
 }
 
@@ -163,8 +219,8 @@ func TestBadContainer(t *testing.T) {
 
 func TestStartRemovesStaleEmptyPods(t *testing.T) {
 	requirePods(t)
-	stale := filepath.Join(MemoryRoot, namePrefix+"stale-test")
-	busy := filepath.Join(MemoryRoot, namePrefix+"busy-test")
+	stale := filepath.Join(root(CgroupVersion()), namePrefix+"stale-test")
+	busy := filepath.Join(root(CgroupVersion()), namePrefix+"busy-test")
 	for _, d := range []string{stale, busy} {
 		if err := os.MkdirAll(filepath.Join(d, "app"), 0o755); err != nil {
 			t.Fatal(err)
@@ -205,9 +261,13 @@ func TestUser(t *testing.T) {
 	// Read only after the container exited: cmd.Wait, which closes Done,
 	// returns once the output is copied.
 	var out bytes.Buffer
+	limitFile := "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+	if CgroupVersion() == 2 {
+		limitFile = "/sys/fs/cgroup/memory.max"
+	}
 	p := startPod(t, Spec{Name: t.Name(), Containers: []ContainerSpec{
 		{Name: "app", User: &User{UID: 1234, GID: 2345}, MemoryLimit: 64 << 20,
-			Argv:   []string{"sh", "-c", "grep -E '^(Uid|Gid|Groups|Cap[A-Za-z]+|NoNewPrivs):' /proc/self/status; cat /sys/fs/cgroup/memory/memory.limit_in_bytes"},
+			Argv:   []string{"sh", "-c", "grep -E '^(Uid|Gid|Groups|Cap[A-Za-z]+|NoNewPrivs):' /proc/self/status; cat " + limitFile},
 			Stdout: &out},
 	}})
 	if code := waitExit(t, p.Container("app")); code != 0 {

@@ -175,7 +175,9 @@ func (c *Client) Find(ctx context.Context, eps []Endpoint) (Endpoint, bool) {
 			defer func() { <-sem }()
 			// Not the caller's ctx: a probe cut short would say nothing.
 			err := c.ProbeOne(context.WithoutCancel(ctx), ep.Addr)
-			c.store(ep, err == nil)
+			if err == nil || !starved(err) {
+				c.store(ep, err == nil)
+			}
 			if err == nil {
 				found <- ep
 			}
@@ -196,6 +198,17 @@ func (c *Client) Find(ctx context.Context, eps []Endpoint) (Endpoint, bool) {
 	case <-ctx.Done():
 		return Endpoint{}, false
 	}
+}
+
+// starved reports a connect that timed out. On loopback the kernel answers
+// a SYN at once, so this means the sidecar (or the node) was starved of CPU
+// — CFS throttling, an emulated node — not that the port does not serve
+// pprof: caching it as "no pprof" would skip every capture of the
+// container for NegativeTTL. A port that accepts and then stays silent is
+// a header timeout, cached as usual.
+func starved(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial" && op.Timeout()
 }
 
 // Forget drops the cached answer for ep, e.g. after a fetch from it failed.

@@ -9,8 +9,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/pprof"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -325,5 +327,49 @@ func TestFindReturnsFirstPprofWithoutWaitingForHangingPorts(t *testing.T) {
 	}
 	if d := time.Since(start); d >= fast.ProbeTimeout {
 		t.Errorf("Find waited %v for the hanging ports", d)
+	}
+}
+
+// TestFindRetriesAfterDialTimeout: a connect that times out (here a listen
+// queue that is full, as when the app or the node is starved of CPU) is not
+// remembered as "no pprof"; the next Find probes again and finds it.
+func TestFindRetriesAfterDialTimeout(t *testing.T) {
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	// Backlog 0: one connection fills the queue; later SYNs are dropped.
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "listener")
+	ln, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	addr := ln.Addr().String()
+	for range 2 {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			t.Cleanup(func() { c.Close() })
+		}
+	}
+	c := NewClient(Options{Path: "/debug/pprof", DialTimeout: 100 * time.Millisecond})
+	ep := Endpoint{PID: 1, StartTime: 1, Addr: addr, Port: 1}
+	if _, ok := c.Find(t.Context(), []Endpoint{ep}); ok {
+		t.Fatal("Find succeeded against a full listen queue")
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	srv := &http.Server{Handler: mux}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+	if _, ok := c.Find(t.Context(), []Endpoint{ep}); !ok {
+		t.Error("Find after the dial timeout: no pprof; the timeout was cached as a negative answer")
 	}
 }

@@ -167,9 +167,15 @@ func (c *watched) tick(detected time.Time) error {
 		if err != nil {
 			c.w.log.Debug("read memory.stat", "container", ct.Name, "err", err)
 		}
+		var pressure *cgroup.Pressure
+		if p, ok, err := c.mem.Pressure(); err != nil {
+			c.w.log.Debug("read memory.pressure", "container", ct.Name, "err", err)
+		} else if ok {
+			pressure = &p
+		}
 		c.w.log.Info("trigger fired", "container", ct.Name, "kind", d.Kind, "reason", d.Reason, "hold", d.Hold)
 		h.Capture(Event{Container: ct, Sample: s, Kind: d.Kind, Reason: d.Reason, Hold: d.Hold,
-			Suppressed: d.Suppressed, DetectedAt: detected, Stat: stat})
+			Suppressed: d.Suppressed, DetectedAt: detected, Stat: stat, Pressure: pressure})
 	}
 	if !c.alive(ct.PIDs) {
 		c.processesGone(time.Now())

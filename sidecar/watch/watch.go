@@ -53,6 +53,8 @@ type Event struct {
 	DetectedAt time.Time
 	// Stat is the container's memory.stat at capture time.
 	Stat map[string]uint64
+	// Pressure is memory.pressure at capture time, nil without PSI (v1).
+	Pressure *cgroup.Pressure
 }
 
 // Handler receives the watcher's decisions. Methods are called from the

@@ -1,5 +1,5 @@
-// Package cgrouptest runs a real allocating process in its own cgroup v1
-// memory group inside an emulated pod (sidecar/podsim), for tests of the
+// Package cgrouptest runs a real allocating process in its own memory
+// cgroup (v1 or v2, as podsim picks) inside an emulated pod, for tests of the
 // cgroup and watch packages against the real kernel.
 //
 // The test binary itself is the allocating process: its TestMain calls
@@ -113,7 +113,7 @@ type App struct {
 func Start(t testing.TB, name string, limit int64, readOnly bool, a Alloc) *App {
 	t.Helper()
 	if err := podsim.Supported(); err != nil {
-		t.Skipf("needs root and a writable cgroup v1 memory hierarchy: %v", err)
+		t.Skipf("needs root and a writable memory cgroup hierarchy: %v", err)
 	}
 	exe, err := os.Executable()
 	if err != nil {
