@@ -34,6 +34,7 @@ type explainReport struct {
 	Capture         string          `json:"capture"`
 	Final           bool            `json:"finalBeforeOOMKill"`
 	KilledAt        *time.Time      `json:"killedAt,omitempty"`
+	Restarts        *int32          `json:"restarts,omitempty"`
 	CapturedAt      time.Time       `json:"capturedAt"`
 	LeadTimeSeconds float64         `json:"leadTimeSeconds,omitempty"`
 	Memory          capture.Memory  `json:"memory"`
@@ -117,6 +118,9 @@ func (a *app) explain(ctx context.Context, pos []string, o explainOptions) error
 		if err := os.WriteFile(o.plot, []byte(timelineSVG(r.Timeline, r.KilledAt)), 0o644); err != nil {
 			return err
 		}
+	}
+	if r.KilledAt != nil {
+		r.Restarts = o.kube.restarts(ctx, final)
 	}
 	if a.jsonOutput() {
 		return writeJSON(a.stdout, r)
@@ -297,8 +301,12 @@ func printReport(w io.Writer, r *explainReport) {
 	}
 	fmt.Fprintln(w)
 	if r.KilledAt != nil {
-		fmt.Fprintf(w, "Kill      %s, %s after the capture\n", r.KilledAt.UTC().Format("2006-01-02 15:04:05.000 UTC"),
+		fmt.Fprintf(w, "Kill      %s, %s after the capture", r.KilledAt.UTC().Format("2006-01-02 15:04:05.000 UTC"),
 			time.Duration(r.LeadTimeSeconds*float64(time.Second)).Round(time.Millisecond))
+		if r.Restarts != nil {
+			fmt.Fprintf(w, "; %d restarts", *r.Restarts)
+		}
+		fmt.Fprintln(w)
 	} else {
 		fmt.Fprintln(w, "Kill      none recorded after this capture")
 	}

@@ -43,6 +43,36 @@ func (k kubeFlags) client() (kubernetes.Interface, error) {
 	return kubernetes.NewForConfig(cfg)
 }
 
+// kubeTimeout bounds the one optional API call of explain on a pod, so a
+// kubeconfig for a cluster out of reach does not hold up the report.
+const kubeTimeout = 5 * time.Second
+
+// restarts is the container's restart count from its pod's status, when
+// the kubeconfig reaches an API server and the pod is the one captured; nil
+// otherwise, since explain works from the storage alone.
+func (k kubeFlags) restarts(ctx context.Context, e *entry) *int32 {
+	m := e.Meta
+	if m == nil || m.PodUID == "" {
+		return nil
+	}
+	cs, err := k.client()
+	if err != nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, kubeTimeout)
+	defer cancel()
+	p, err := cs.CoreV1().Pods(m.Namespace).Get(ctx, m.Pod, metav1.GetOptions{})
+	if err != nil || string(p.UID) != m.PodUID {
+		return nil
+	}
+	for _, c := range p.Status.ContainerStatuses {
+		if c.Name == m.Container {
+			return &c.RestartCount
+		}
+	}
+	return nil
+}
+
 // killRow is one OOM kill a pod's status records.
 type killRow struct {
 	Pod        string    `json:"pod"`
