@@ -168,14 +168,15 @@ func (a *app) rootCommand() *cobra.Command {
 	pf.StringVar(&a.output, "output", "", "output format: table or json")
 	_ = root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
 	_ = root.RegisterFlagCompletionFunc("storage", cobra.NoFileCompletions)
-	root.AddCommand(a.lsCommand(), a.getCommand(),
-		a.pprofCommand("top", topHelp, 1), a.pprofCommand("open", openHelp, 1), a.pprofCommand("diff", diffHelp, 2),
-		a.explainCommand(), a.completionCommand(), &cobra.Command{
-			Use:   "version",
-			Short: "print the version",
-			Args:  argCount(0, 0),
-			Run:   func(*cobra.Command, []string) { fmt.Fprintln(a.stdout, "heapwatch", version) },
-		})
+	for _, c := range pprofCommands {
+		root.AddCommand(a.pprofCommand(c.name, c.use, c.short, c.long, c.captures))
+	}
+	root.AddCommand(a.lsCommand(), a.getCommand(), a.explainCommand(), a.completionCommand(), &cobra.Command{
+		Use:   "version",
+		Short: "print the version",
+		Args:  argCount(0, 0),
+		Run:   func(*cobra.Command, []string) { fmt.Fprintln(a.stdout, "heapwatch", version) },
+	})
 	return root
 }
 

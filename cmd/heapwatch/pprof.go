@@ -103,27 +103,25 @@ func profileArg(pos []string, i int) string {
 	return "heap"
 }
 
-// pprofUse is each pprof command's arguments.
-var pprofUse = map[string]string{
-	"top":  "top <capture> [profile]",
-	"open": "open <capture> [profile]",
-	"diff": "diff <older> <newer> [profile]",
-}
-
-var pprofShort = map[string]string{
-	"top":  "the top functions of a profile (default heap, in-use bytes)",
-	"open": "the pprof web UI on a profile",
-	"diff": "what grew between two captures (pprof -diff_base)",
+// pprofCommands are top, open and diff: name, arguments, summary, help,
+// and how many of the arguments are captures.
+var pprofCommands = []struct {
+	name, use, short, long string
+	captures               int
+}{
+	{"top", "top <capture> [profile]", "the top functions of a profile (default heap, in-use bytes)", topHelp, 1},
+	{"open", "open <capture> [profile]", "the pprof web UI on a profile", openHelp, 1},
+	{"diff", "diff <older> <newer> [profile]", "what grew between two captures (pprof -diff_base)", diffHelp, 2},
 }
 
 // pprofCommand is top, open or diff: the first n arguments are captures,
 // the optional next one names the profile.
-func (a *app) pprofCommand(name, help string, n int) *cobra.Command {
+func (a *app) pprofCommand(name, use, short, long string, n int) *cobra.Command {
 	var o pprofOptions
 	cmd := &cobra.Command{
-		Use:               pprofUse[name],
-		Short:             pprofShort[name],
-		Long:              help,
+		Use:               use,
+		Short:             short,
+		Long:              long,
 		Args:              argCount(n, n+1),
 		ValidArgsFunction: a.completeCaptures(n),
 		RunE:              func(cmd *cobra.Command, args []string) error { return a.runPprof(cmd.Context(), args, n, o) },
