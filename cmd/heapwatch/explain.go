@@ -11,30 +11,30 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/heapwatch/heapwatch/sidecar/capture"
 	"github.com/heapwatch/heapwatch/sidecar/catalog"
 	"github.com/heapwatch/heapwatch/sidecar/profstat"
 	"github.com/heapwatch/heapwatch/sidecar/store"
 )
 
-const explainHelp = `Usage: heapwatch explain <namespace>/<pod>[/<container>] | <capture> [--plot FILE.svg] [--nodes N] [-o dir]
-       heapwatch explain -n <namespace> [<pod>[/<container>]] [--kubeconfig FILE] [--context NAME]
-
-Explains the last OOM kill of a container in one screen: the kill and the
+const explainHelp = `Explains the last OOM kill of a container in one screen: the kill and the
 final capture before it, the memory timeline of the minute before, where the
 memory was (Go heap vs the cgroup's anon/file/shmem/kernel) with a verdict,
 what grew since the earliest capture of the same container run, and the
 commands to open the flame graph and the diff. --plot writes the timeline as
 an SVG image. With -n/--namespace alone it lists the namespace's recent OOM
-kills, read from the API server with your kubeconfig as kubectl does, next to
-the capture each has.
-`
+kills, read from the API server with your kubeconfig as kubectl does
+(--kubeconfig, --context and the other kubectl flags; in a pod, its service
+account), next to the capture each has.`
 
 // explainReport is what explain prints, and its --output json.
 type explainReport struct {
 	Capture         string          `json:"capture"`
 	Final           bool            `json:"finalBeforeOOMKill"`
 	KilledAt        *time.Time      `json:"killedAt,omitempty"`
+	Restarts        *int32          `json:"restarts,omitempty"`
 	CapturedAt      time.Time       `json:"capturedAt"`
 	LeadTimeSeconds float64         `json:"leadTimeSeconds,omitempty"`
 	Memory          capture.Memory  `json:"memory"`
@@ -60,27 +60,47 @@ type grown struct {
 	Bytes    int64  `json:"bytes"`
 }
 
-func (a *app) explain(ctx context.Context, args []string) error {
-	fs := a.flagSet("explain", explainHelp)
-	plot := fs.String("plot", "", "write the memory timeline to this SVG file")
-	nodes := fs.Int("nodes", 5, "number of functions in what grew")
-	dir := fs.String("o", "", "directory to save the profiles to (default the user cache directory)")
-	var kc kubeFlags
-	kc.register(fs)
-	pos, err := a.parse(fs, args, 0, 1)
-	if err != nil {
-		return err
+// explainOptions are the flags of explain.
+type explainOptions struct {
+	plot  string
+	nodes int
+	dir   string
+	kube  kubeFlags
+}
+
+func (a *app) explainCommand() *cobra.Command {
+	o := explainOptions{kube: newKubeFlags()}
+	cmd := &cobra.Command{
+		Use:               "explain <namespace>/<pod>[/<container>] | <capture> | -n <namespace> [<pod>[/<container>]]",
+		Short:             "the last OOM kill in one screen: timeline, verdict, what grew",
+		Long:              explainHelp,
+		Args:              argCount(0, 1),
+		ValidArgsFunction: a.completeCaptures(1),
+		RunE:              func(cmd *cobra.Command, args []string) error { return a.explain(cmd.Context(), args, o) },
 	}
+	fs := cmd.Flags()
+	fs.StringVar(&o.plot, "plot", "", "write the memory timeline to this SVG file")
+	fs.IntVar(&o.nodes, "nodes", 5, "number of functions in what grew")
+	fs.StringVarP(&o.dir, "dir", "o", "", "directory to save the profiles to (default the user cache directory)")
+	_ = cmd.MarkFlagFilename("plot", "svg")
+	_ = cmd.MarkFlagDirname("dir")
+	_ = cmd.RegisterFlagCompletionFunc("nodes", cobra.NoFileCompletions)
+	o.kube.addFlags(fs)
+	return cmd
+}
+
+func (a *app) explain(ctx context.Context, pos []string, o explainOptions) error {
+	ns := o.kube.namespace()
 	switch {
-	case len(pos) == 0 && kc.namespace == "":
+	case len(pos) == 0 && ns == "":
 		return fmt.Errorf("%w: explain takes a pod or capture, or -n <namespace> to list its OOM kills", errUsage)
 	case len(pos) == 0:
-		return a.listKills(ctx, kc)
-	case kc.namespace != "":
-		pos[0] = kc.namespace + "/" + pos[0]
+		return a.listKills(ctx, o.kube)
+	case ns != "":
+		pos[0] = ns + "/" + pos[0]
 	}
-	if *plot != "" && !strings.EqualFold(filepath.Ext(*plot), ".svg") {
-		return fmt.Errorf("%w: --plot %q: only SVG is written (name the file .svg)", errUsage, *plot)
+	if o.plot != "" && !strings.EqualFold(filepath.Ext(o.plot), ".svg") {
+		return fmt.Errorf("%w: --plot %q: only SVG is written (name the file .svg)", errUsage, o.plot)
 	}
 	st, err := a.openStore(ctx)
 	if err != nil {
@@ -90,14 +110,17 @@ func (a *app) explain(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	r, err := a.buildReport(ctx, st, final, base, *dir, *nodes)
+	r, err := a.buildReport(ctx, st, final, base, o.dir, o.nodes)
 	if err != nil {
 		return err
 	}
-	if *plot != "" {
-		if err := os.WriteFile(*plot, []byte(timelineSVG(r.Timeline, r.KilledAt)), 0o644); err != nil {
+	if o.plot != "" {
+		if err := os.WriteFile(o.plot, []byte(timelineSVG(r.Timeline, r.KilledAt)), 0o644); err != nil {
 			return err
 		}
+	}
+	if r.KilledAt != nil {
+		r.Restarts = o.kube.restarts(ctx, final)
 	}
 	if a.jsonOutput() {
 		return writeJSON(a.stdout, r)
@@ -278,8 +301,12 @@ func printReport(w io.Writer, r *explainReport) {
 	}
 	fmt.Fprintln(w)
 	if r.KilledAt != nil {
-		fmt.Fprintf(w, "Kill      %s, %s after the capture\n", r.KilledAt.UTC().Format("2006-01-02 15:04:05.000 UTC"),
+		fmt.Fprintf(w, "Kill      %s, %s after the capture", r.KilledAt.UTC().Format("2006-01-02 15:04:05.000 UTC"),
 			time.Duration(r.LeadTimeSeconds*float64(time.Second)).Round(time.Millisecond))
+		if r.Restarts != nil {
+			fmt.Fprintf(w, "; %d restarts", *r.Restarts)
+		}
+		fmt.Fprintln(w)
 	} else {
 		fmt.Fprintln(w, "Kill      none recorded after this capture")
 	}

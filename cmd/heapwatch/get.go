@@ -9,14 +9,13 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/spf13/cobra"
+
 	"github.com/heapwatch/heapwatch/sidecar/store"
 )
 
-const getHelp = `Usage: heapwatch get <capture> [-o dir]
-
-Downloads every profile and the metadata of one capture into a directory
-(default: ./<pod>_<container>_<time>-<trigger>).
-`
+const getHelp = `Downloads every profile and the metadata of one capture into a directory
+(default: ./<pod>_<container>_<time>-<trigger>).`
 
 // getResult is what `get --output json` prints.
 type getResult struct {
@@ -31,13 +30,22 @@ type fileJSON struct {
 	Bytes int64  `json:"bytes"`
 }
 
-func (a *app) get(ctx context.Context, args []string) error {
-	fs := a.flagSet("get", getHelp)
-	dir := fs.String("o", "", "directory to write the files to")
-	pos, err := a.parse(fs, args, 1, 1)
-	if err != nil {
-		return err
+func (a *app) getCommand() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:               "get <capture>",
+		Short:             "download a capture's profiles and metadata",
+		Long:              getHelp,
+		Args:              argCount(1, 1),
+		ValidArgsFunction: a.completeCaptures(1),
+		RunE:              func(cmd *cobra.Command, args []string) error { return a.get(cmd.Context(), args, &dir) },
 	}
+	cmd.Flags().StringVarP(&dir, "dir", "o", "", "directory to write the files to")
+	_ = cmd.MarkFlagDirname("dir")
+	return cmd
+}
+
+func (a *app) get(ctx context.Context, pos []string, dir *string) error {
 	st, err := a.openStore(ctx)
 	if err != nil {
 		return err

@@ -2,41 +2,75 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"slices"
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/pflag"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/heapwatch/heapwatch/sidecar/catalog"
 )
 
-// kubeFlags read the kubeconfig the way kubectl does: $KUBECONFIG or
-// ~/.kube/config, --kubeconfig, --context, in-cluster when there is none.
+// kubeFlags read the kubeconfig the way kubectl does, with kubectl's own
+// flags: $KUBECONFIG or ~/.kube/config, --kubeconfig, --context,
+// -n/--namespace and the rest, in-cluster when there is no kubeconfig.
 type kubeFlags struct {
-	namespace, kubeconfig, context string
+	*genericclioptions.ConfigFlags
 }
 
-func (k *kubeFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&k.namespace, "namespace", "", "the pod's namespace; alone, list the namespace's recent OOM kills")
-	fs.StringVar(&k.namespace, "n", "", "short for --namespace")
-	fs.StringVar(&k.kubeconfig, "kubeconfig", "", "path to the kubeconfig file (default $KUBECONFIG or ~/.kube/config)")
-	fs.StringVar(&k.context, "context", "", "the kubeconfig context to use")
+func newKubeFlags() kubeFlags {
+	return kubeFlags{genericclioptions.NewConfigFlags(true)}
 }
 
-func (k *kubeFlags) client() (kubernetes.Interface, error) {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = k.kubeconfig
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
-		&clientcmd.ConfigOverrides{CurrentContext: k.context}).ClientConfig()
+func (k kubeFlags) addFlags(fs *pflag.FlagSet) {
+	k.AddFlags(fs)
+	fs.Lookup("namespace").Usage = "the pod's namespace; alone, list the namespace's recent OOM kills"
+}
+
+// namespace is -n as given; explain does not default it from the
+// kubeconfig, since without it the argument may be a capture ID.
+func (k kubeFlags) namespace() string { return *k.Namespace }
+
+func (k kubeFlags) client() (kubernetes.Interface, error) {
+	cfg, err := k.ToRESTConfig()
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}
 	return kubernetes.NewForConfig(cfg)
+}
+
+// kubeTimeout bounds the one optional API call of explain on a pod, so a
+// kubeconfig for a cluster out of reach does not hold up the report.
+const kubeTimeout = 5 * time.Second
+
+// restarts is the container's restart count from its pod's status, when
+// the kubeconfig reaches an API server and the pod is the one captured; nil
+// otherwise, since explain works from the storage alone.
+func (k kubeFlags) restarts(ctx context.Context, e *entry) *int32 {
+	m := e.Meta
+	if m == nil || m.PodUID == "" {
+		return nil
+	}
+	cs, err := k.client()
+	if err != nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, kubeTimeout)
+	defer cancel()
+	p, err := cs.CoreV1().Pods(m.Namespace).Get(ctx, m.Pod, metav1.GetOptions{})
+	if err != nil || string(p.UID) != m.PodUID {
+		return nil
+	}
+	for _, c := range p.Status.ContainerStatuses {
+		if c.Name == m.Container {
+			return &c.RestartCount
+		}
+	}
+	return nil
 }
 
 // killRow is one OOM kill a pod's status records.
@@ -56,9 +90,9 @@ func (a *app) listKills(ctx context.Context, k kubeFlags) error {
 	if err != nil {
 		return err
 	}
-	pods, err := cs.CoreV1().Pods(k.namespace).List(ctx, metav1.ListOptions{})
+	pods, err := cs.CoreV1().Pods(k.namespace()).List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return fmt.Errorf("listing pods in %s: %w", k.namespace, err)
+		return fmt.Errorf("listing pods in %s: %w", k.namespace(), err)
 	}
 	st, err := a.openStore(ctx)
 	if err != nil {
@@ -93,7 +127,7 @@ func (a *app) listKills(ctx context.Context, k kubeFlags) error {
 		return writeJSON(a.stdout, rows)
 	}
 	if len(rows) == 0 {
-		fmt.Fprintf(a.stderr, "no OOM kills recorded in the pods of namespace %s\n", k.namespace)
+		fmt.Fprintf(a.stderr, "no OOM kills recorded in the pods of namespace %s\n", k.namespace())
 		return nil
 	}
 	tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)

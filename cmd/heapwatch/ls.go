@@ -10,16 +10,15 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/heapwatch/heapwatch/sidecar/capture"
 	"github.com/heapwatch/heapwatch/sidecar/catalog"
 )
 
-const lsHelp = `Usage: heapwatch ls [--namespace N] [--pod P] [--container C] [--since 2h] [--limit N] [-q]
-
-Lists captures, newest first: time, capture ID, trigger, memory usage against the
+const lsHelp = `Lists captures, newest first: time, capture ID, trigger, memory usage against the
 limit, whether it is the final capture before an OOM kill, and stored size.
---namespace, --pod and --container narrow the listing to that part of the storage.
-`
+--namespace, --pod and --container narrow the listing to that part of the storage.`
 
 // defaultLimit keeps a listing of a busy bucket to what fits on a screen; each
 // row costs one metadata download.
@@ -48,29 +47,49 @@ type objectJSON struct {
 	Size int64  `json:"bytes"`
 }
 
-func (a *app) ls(ctx context.Context, args []string) error {
-	fs := a.flagSet("ls", lsHelp)
-	var f filter
-	fs.StringVar(&f.namespace, "namespace", "", "only this namespace")
-	fs.StringVar(&f.namespace, "n", "", "short for --namespace")
-	fs.StringVar(&f.pod, "pod", "", "only this pod")
-	fs.StringVar(&f.container, "container", "", "only this container")
-	fs.StringVar(&f.container, "c", "", "short for --container")
-	since := fs.String("since", "", "only captures newer than this (e.g. 30m, 2h, 7d)")
-	limit := fs.Int("limit", defaultLimit, "show at most this many captures, newest first; 0 for all")
-	quiet := fs.Bool("q", false, "print capture IDs only (for scripts and shell completion)")
-	if _, err := a.parse(fs, args, 0, 0); err != nil {
-		return err
+// lsOptions are the flags of ls.
+type lsOptions struct {
+	filter
+	sinceArg string
+	limit    int
+	quiet    bool
+}
+
+func (a *app) lsCommand() *cobra.Command {
+	var o lsOptions
+	cmd := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "captures, newest first",
+		Long:    lsHelp,
+		Args:    argCount(0, 0),
+		RunE:    func(cmd *cobra.Command, _ []string) error { return a.ls(cmd.Context(), o) },
 	}
-	if *since != "" {
-		d, err := parseSince(*since)
+	fs := cmd.Flags()
+	// -n/--namespace is the same flag as explain's (and kubectl's).
+	fs.StringVarP(&o.namespace, "namespace", "n", "", "only this namespace")
+	fs.StringVar(&o.pod, "pod", "", "only this pod")
+	fs.StringVarP(&o.container, "container", "c", "", "only this container")
+	fs.StringVar(&o.sinceArg, "since", "", "only captures newer than this (e.g. 30m, 2h, 7d)")
+	fs.IntVar(&o.limit, "limit", defaultLimit, "show at most this many captures, newest first; 0 for all")
+	fs.BoolVarP(&o.quiet, "quiet", "q", false, "print capture IDs only (for scripts)")
+	for _, name := range []string{"namespace", "pod", "container", "since", "limit"} {
+		_ = cmd.RegisterFlagCompletionFunc(name, cobra.NoFileCompletions)
+	}
+	return cmd
+}
+
+func (a *app) ls(ctx context.Context, o lsOptions) error {
+	f := o.filter
+	if o.sinceArg != "" {
+		d, err := parseSince(o.sinceArg)
 		if err != nil {
 			return fmt.Errorf("%w: --since: %v", errUsage, err)
 		}
 		f.since = a.now().Add(-d)
 	}
-	if *limit < 0 {
-		return fmt.Errorf("%w: --limit %d: use 0 for all or a positive number", errUsage, *limit)
+	if o.limit < 0 {
+		return fmt.Errorf("%w: --limit %d: use 0 for all or a positive number", errUsage, o.limit)
 	}
 	st, err := a.openStore(ctx)
 	if err != nil {
@@ -81,17 +100,17 @@ func (a *app) ls(ctx context.Context, args []string) error {
 		return err
 	}
 	total := len(entries)
-	if *limit > 0 && total > *limit {
-		entries = entries[:*limit]
+	if o.limit > 0 && total > o.limit {
+		entries = entries[:o.limit]
 	}
 	if len(entries) == 0 {
 		if a.jsonOutput() {
 			fmt.Fprintln(a.stdout, "[]")
 		}
-		fmt.Fprintf(a.stderr, "no captures in %s%s\n", st, describeFilter(f, *since))
+		fmt.Fprintf(a.stderr, "no captures in %s%s\n", st, describeFilter(f, o.sinceArg))
 		return nil
 	}
-	if *quiet {
+	if o.quiet {
 		for _, e := range entries {
 			fmt.Fprintln(a.stdout, e.ID)
 		}

@@ -1,5 +1,6 @@
 // Command heapwatch lists the heap profiles the heapwatch sidecar captured
-// and opens them with pprof.
+// and opens them with pprof. Installed as kubectl-heapwatch it is also the
+// kubectl plugin 'kubectl heapwatch'.
 //
 //	heapwatch [--storage URL] [--output table|json] <command> [flags] [args]
 package main
@@ -7,7 +8,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -16,6 +16,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/heapwatch/heapwatch/sidecar/store"
 )
@@ -30,23 +32,8 @@ const envStorage = "HEAPWATCH_STORAGE"
 // working directory, so `heapwatch ls` works after it without flags.
 const defaultStorageDir = "heapwatch-dumps"
 
-const usage = `heapwatch lists and opens the heap profiles captured by the heapwatch sidecar.
-
-Usage:
-  heapwatch [--storage URL] [--output table|json] <command> [flags] [args]
-
-Commands:
-  ls [--namespace N] [--pod P] [--container C] [--since 2h] [--limit N] [-q]
-                             captures, newest first
-  get <capture> [-o dir]     download a capture's profiles and metadata
-  top <capture> [profile]    the top functions of a profile (default heap, in-use bytes)
-  open <capture> [profile]   the pprof web UI on a profile
-  diff <older> <newer> [profile]
-                             what grew between two captures (pprof -diff_base)
-  explain <namespace>/<pod>[/<container>] | <capture> [--plot FILE.svg]
-                             the last OOM kill in one screen: timeline, verdict, what grew
-  completion bash|zsh|fish   a shell completion script
-  version                    print the version
+// rootLong is the top of 'heapwatch help'; cobra adds the commands and flags.
+const rootLong = `heapwatch lists and opens the heap profiles captured by the heapwatch sidecar.
 
 <capture> is an ID printed by ls (namespace/pod/container/<time>-<trigger>) or
 any prefix of exactly one ID.
@@ -55,30 +42,38 @@ Storage (--storage, or $HEAPWATCH_STORAGE; default file://$PWD/heapwatch-dumps):
   file:///absolute/dir
   s3://bucket/prefix?region=R&endpoint=URL&path-style=true&sse=aws:kms&kms-key=K
 S3 credentials come from the AWS default chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY,
-AWS_PROFILE, IRSA, EKS Pod Identity, instance metadata).
-
-Run 'heapwatch <command> -h' for a command's flags.
-`
+AWS_PROFILE, IRSA, EKS Pod Identity, instance metadata).`
 
 // exitUsage is the exit code for a command line that cannot be run.
 const exitUsage = 2
 
-var (
-	// errUsage marks an error in the command line; the message is enough.
-	errUsage = errors.New("usage")
-	// errFlag marks a flag error the flag package has already reported.
-	errFlag = errors.New("bad flag")
-)
+// errUsage marks an error in the command line; the message is enough.
+var errUsage = errors.New("usage")
+
+// pluginName is how kubectl runs the CLI as a plugin (kubectl-heapwatch on
+// PATH); help then names the command the user typed.
+const pluginName = "kubectl heapwatch"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	a := newApp(os.Stdout, os.Stderr)
+	a.name = displayName(os.Args[0])
+	code := a.run(ctx, os.Args[1:])
 	stop()
 	os.Exit(code)
 }
 
+// displayName is the command name help shows for this argv[0].
+func displayName(argv0 string) string {
+	if strings.HasPrefix(filepath.Base(argv0), "kubectl-") {
+		return pluginName
+	}
+	return "heapwatch"
+}
+
 // app is one invocation: its global options and where output goes.
 type app struct {
+	name    string // as shown in help: heapwatch or kubectl heapwatch
 	storage string
 	output  string
 	stdout  io.Writer
@@ -88,23 +83,24 @@ type app struct {
 	open func(ctx context.Context, rawURL string) (store.Store, error)
 }
 
+func newApp(stdout, stderr io.Writer) *app {
+	return &app{name: "heapwatch", stdout: stdout, stderr: stderr, now: time.Now, open: store.Open}
+}
+
 // run executes one command line and returns the process exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	a := &app{stdout: stdout, stderr: stderr, now: time.Now, open: store.Open}
-	return a.run(ctx, args)
+	return newApp(stdout, stderr).run(ctx, args)
 }
 
 func (a *app) run(ctx context.Context, args []string) int {
-	err := a.dispatch(ctx, args)
+	root := a.rootCommand()
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
 	switch {
 	case err == nil:
 		return 0
-	case errors.Is(err, flag.ErrHelp):
-		return 0
-	case errors.Is(err, errFlag):
-		return exitUsage
 	case errors.Is(err, errUsage):
-		fmt.Fprintf(a.stderr, "heapwatch: %v\nRun 'heapwatch help' for usage.\n", err)
+		fmt.Fprintf(a.stderr, "heapwatch: %v\nRun '%s help' for usage.\n", err, a.name)
 		return exitUsage
 	}
 	fmt.Fprintf(a.stderr, "heapwatch: %v\n", err)
@@ -131,96 +127,74 @@ on the bucket (s3:PutObject for the sidecar).`
 	return ""
 }
 
-func (a *app) dispatch(ctx context.Context, args []string) error {
-	fs := a.flagSet("heapwatch", usage)
-	if err := parseFlags(fs, args); err != nil {
-		return err
+// rootCommand is the command tree of one invocation. The global flags are
+// persistent, so they work before or after the command.
+func (a *app) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "heapwatch",
+		Short:         "lists and opens the heap profiles captured by the heapwatch sidecar",
+		Long:          rootLong,
+		Annotations:   map[string]string{cobra.CommandDisplayNameAnnotation: a.name},
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprint(a.stderr, cmd.UsageString())
+			return fmt.Errorf("%w: no command", errUsage)
+		},
+		PersistentPreRunE: func(*cobra.Command, []string) error {
+			if !slices.Contains([]string{"", "table", "json"}, a.output) {
+				return fmt.Errorf("%w: --output %q: use table or json", errUsage, a.output)
+			}
+			return nil
+		},
 	}
-	args = fs.Args()
-	if len(args) == 0 {
-		fmt.Fprint(a.stderr, usage)
-		return fmt.Errorf("%w: no command", errUsage)
+	root.SetOut(a.stdout)
+	root.SetErr(a.stderr)
+	// A flag the command does not know: the error and the command's usage,
+	// as the flag package printed them, and exit 2.
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		fmt.Fprint(a.stderr, cmd.UsageString())
+		return fmt.Errorf("%w: %w", errUsage, err)
+	})
+	root.CompletionOptions.DisableDefaultCmd = true // ours takes bash, zsh and fish, with exit 2 for others
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.storage, "storage", "", "storage URL (default $"+envStorage+", else file://$PWD/"+defaultStorageDir+")")
+	pf.StringVar(&a.output, "output", "", "output format: table or json")
+	_ = root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
+	_ = root.RegisterFlagCompletionFunc("storage", cobra.NoFileCompletions)
+	for _, c := range pprofCommands {
+		root.AddCommand(a.pprofCommand(c.name, c.use, c.short, c.long, c.captures))
 	}
-	cmd, args := args[0], args[1:]
-	switch cmd {
-	case "ls", "list":
-		return a.ls(ctx, args)
-	case "get":
-		return a.get(ctx, args)
-	case "top":
-		return a.top(ctx, args)
-	case "open":
-		return a.openUI(ctx, args)
-	case "diff":
-		return a.diff(ctx, args)
-	case "explain":
-		return a.explain(ctx, args)
-	case "completion":
-		return a.completion(args)
-	case "version":
-		fmt.Fprintln(a.stdout, "heapwatch", version)
-		return nil
-	case "help", "-h", "--help":
-		fmt.Fprint(a.stdout, usage)
-		return nil
-	}
-	return fmt.Errorf("%w: unknown command %q", errUsage, cmd)
+	root.AddCommand(a.lsCommand(), a.getCommand(), a.explainCommand(), a.completionCommand(), &cobra.Command{
+		Use:   "version",
+		Short: "print the version",
+		Args:  argCount(0, 0),
+		Run:   func(*cobra.Command, []string) { fmt.Fprintln(a.stdout, "heapwatch", version) },
+	})
+	return root
 }
 
-// flagSet is a FlagSet that also takes the global flags, so they work before
-// or after the command.
-func (a *app) flagSet(name, help string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(a.stderr)
-	fs.Usage = func() {
-		fmt.Fprint(a.stderr, help)
-		fmt.Fprintln(a.stderr, "\nFlags:")
-		fs.PrintDefaults()
-	}
-	fs.StringVar(&a.storage, "storage", a.storage, "storage URL (default $"+envStorage+", else file://$PWD/"+defaultStorageDir+")")
-	fs.StringVar(&a.output, "output", a.output, "output format: table or json")
-	return fs
-}
-
-// parse parses flags placed anywhere among the arguments (Go's flag package
-// stops at the first argument) and checks the number of arguments.
-func (a *app) parse(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string, error) {
-	var pos []string
-	for {
-		if err := parseFlags(fs, args); err != nil {
-			return nil, err
+// argCount checks the number of positional arguments, as a usage error.
+func argCount(lo, hi int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) >= lo && len(args) <= hi {
+			return nil
 		}
-		args = fs.Args()
-		if len(args) == 0 {
-			break
+		var want string
+		switch {
+		case lo == hi:
+			want = fmt.Sprintf("%d argument(s)", lo)
+		default:
+			want = fmt.Sprintf("%d to %d arguments", lo, hi)
 		}
-		pos, args = append(pos, args[0]), args[1:]
+		return fmt.Errorf("%w: %s takes %s, got %d", errUsage, cmd.Name(), want, len(args))
 	}
-	if len(pos) < minArgs || len(pos) > maxArgs {
-		return nil, fmt.Errorf("%w: %s takes %s, got %d", errUsage, fs.Name(), argCount(minArgs, maxArgs), len(pos))
-	}
-	if !slices.Contains([]string{"", "table", "json"}, a.output) {
-		return nil, fmt.Errorf("%w: --output %q: use table or json", errUsage, a.output)
-	}
-	return pos, nil
-}
-
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	err := fs.Parse(args)
-	if err != nil && !errors.Is(err, flag.ErrHelp) {
-		return fmt.Errorf("%w: %w", errFlag, err)
-	}
-	return err
-}
-
-func argCount(lo, hi int) string {
-	switch {
-	case lo == hi:
-		return fmt.Sprintf("%d argument(s)", lo)
-	case hi > 100:
-		return fmt.Sprintf("at least %d argument(s)", lo)
-	}
-	return fmt.Sprintf("%d to %d arguments", lo, hi)
 }
 
 // openStore opens the storage from --storage, $HEAPWATCH_STORAGE or the

@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
 	"github.com/heapwatch/heapwatch/sidecar/capture"
 	"github.com/heapwatch/heapwatch/sidecar/store"
 	"github.com/heapwatch/heapwatch/sidecar/store/s3test"
@@ -522,7 +525,7 @@ func TestFriendlyErrors(t *testing.T) {
 		{[]string{"--output", "yaml"}, exitUsage, []string{"--output \"yaml\""}},
 		{[]string{"--limit", "-1"}, exitUsage, []string{"--limit -1"}},
 		{[]string{"extra"}, exitUsage, []string{"ls takes 0 argument(s), got 1"}},
-		{[]string{"--bogus"}, exitUsage, []string{"flag provided but not defined: -bogus", "Usage: heapwatch ls"}},
+		{[]string{"--bogus"}, exitUsage, []string{"unknown flag: --bogus", "Usage:\n  heapwatch ls"}},
 	} {
 		r := heapwatch(t, append([]string{"ls"}, tc.args...)...)
 		if r.code != tc.code {
@@ -575,8 +578,54 @@ func TestCredentialErrorsExplainTheChain(t *testing.T) {
 func TestCompletionScripts(t *testing.T) {
 	for _, shell := range []string{"bash", "zsh", "fish"} {
 		r := heapwatch(t, "completion", shell).mustSucceed(t)
-		if !strings.Contains(r.stdout, "ls -q --limit 200") {
-			t.Errorf("%s completion does not complete capture IDs", shell)
+		if !strings.Contains(r.stdout, "__complete") {
+			t.Errorf("%s completion does not ask heapwatch __complete:\n%s", shell, r.stdout)
+		}
+	}
+}
+
+// TestComplete asks for completions as the shell scripts do: capture IDs
+// from the storage given on the command line, then profile names, and the
+// values of --output.
+func TestComplete(t *testing.T) {
+	url := "file://" + t.TempDir()
+	older, newer := twoCaptures(t, url)
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"top", ""}, []string{newer, older}},
+		{[]string{"explain", "shop/api/app/"}, []string{newer, older}},
+		{[]string{"diff", older, ""}, []string{newer, older}},
+		{[]string{"get", older[:len(older)-3]}, []string{older}},
+		{[]string{"top", "shop/other/"}, nil},
+		{[]string{"top", older, ""}, []string{"heap", "allocs", "goroutine"}},
+		{[]string{"diff", older, newer, ""}, []string{"heap", "allocs", "goroutine"}},
+		{[]string{"ls", "--output", ""}, []string{"table", "json"}},
+		{[]string{"completion", ""}, []string{"bash", "zsh", "fish"}},
+	} {
+		r := heapwatch(t, append([]string{"--storage", url, "__complete"}, tc.args...)...).mustSucceed(t)
+		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+		got := lines[:len(lines)-1] // the last line is the directive, :4 for no file completion
+		if diff := cmp.Diff(tc.want, got, cmpopts.EquateEmpty()); diff != "" || lines[len(lines)-1] != ":4" {
+			t.Errorf("__complete %v (-want +got):\n%s\ndirective %s", tc.args, diff, lines[len(lines)-1])
+		}
+	}
+}
+
+// TestPluginName: run as kubectl-heapwatch (a kubectl plugin), help names
+// the command the user types.
+func TestPluginName(t *testing.T) {
+	for _, tc := range []struct{ argv0, want string }{
+		{"/usr/local/bin/kubectl-heapwatch", "Usage:\n  kubectl heapwatch explain"},
+		{"kubectl-heapwatch", "Usage:\n  kubectl heapwatch explain"},
+		{"./bin/heapwatch", "Usage:\n  heapwatch explain"},
+	} {
+		var out, errOut bytes.Buffer
+		a := newApp(&out, &errOut)
+		a.name = displayName(tc.argv0)
+		if code := a.run(context.Background(), []string{"explain", "--help"}); code != 0 || !strings.Contains(out.String(), tc.want) {
+			t.Errorf("argv[0] %s: exit %d, help lacks %q:\n%s%s", tc.argv0, code, tc.want, out.String(), errOut.String())
 		}
 	}
 }

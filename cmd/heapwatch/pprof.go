@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,26 +12,20 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/heapwatch/heapwatch/sidecar/store"
 )
 
 const (
-	topHelp = `Usage: heapwatch top <capture> [profile] [--native] [--sample-index NAME] [--nodes N] [-o dir]
-
-Prints the functions holding the most memory in one profile of a capture (default
+	topHelp = `Prints the functions holding the most memory in one profile of a capture (default
 the heap profile, in-use bytes) with 'go tool pprof -top', or with the built-in
-report when --native is given or go is not on PATH.
-`
-	openHelp = `Usage: heapwatch open <capture> [profile] [--http ADDR] [--no-browser] [-o dir]
-
-Opens one profile of a capture (default heap) in the pprof web UI
-('go tool pprof -http'); Ctrl-C stops it.
-`
-	diffHelp = `Usage: heapwatch diff <older> <newer> [profile] [--http ADDR] [--native] [--nodes N] [-o dir]
-
-Shows what grew between two captures, typically two steps of a threshold
-ladder: 'go tool pprof -top -diff_base older newer', or the web UI with --http.
-`
+report when --native is given or go is not on PATH.`
+	openHelp = `Opens one profile of a capture (default heap) in the pprof web UI
+('go tool pprof -http'); Ctrl-C stops it.`
+	diffHelp = `Shows what grew between two captures, typically two steps of a threshold
+ladder: 'go tool pprof -top -diff_base older newer', or the web UI with --http.`
 )
 
 // pprofOptions are the flags of top, open and diff.
@@ -45,9 +38,9 @@ type pprofOptions struct {
 	noBrowser   bool
 }
 
-func (o *pprofOptions) register(fs *flag.FlagSet, cmd string) {
+func (o *pprofOptions) register(fs *pflag.FlagSet, cmd string) {
 	fs.StringVar(&o.sampleIndex, "sample-index", "", "pprof sample index (default inuse_space for heap, alloc_space for allocs)")
-	fs.StringVar(&o.dir, "o", "", "directory to save the profiles to (default the user cache directory)")
+	fs.StringVarP(&o.dir, "dir", "o", "", "directory to save the profiles to (default the user cache directory)")
 	if cmd != "open" {
 		fs.BoolVar(&o.native, "native", false, "use the built-in top report instead of 'go tool pprof'")
 		fs.IntVar(&o.nodes, "nodes", 20, "number of functions to show")
@@ -110,29 +103,42 @@ func profileArg(pos []string, i int) string {
 	return "heap"
 }
 
-func (a *app) top(ctx context.Context, args []string) error {
-	return a.pprofCommand(ctx, "top", topHelp, args, 1)
+// pprofCommands are top, open and diff: name, arguments, summary, help,
+// and how many of the arguments are captures.
+var pprofCommands = []struct {
+	name, use, short, long string
+	captures               int
+}{
+	{"top", "top <capture> [profile]", "the top functions of a profile (default heap, in-use bytes)", topHelp, 1},
+	{"open", "open <capture> [profile]", "the pprof web UI on a profile", openHelp, 1},
+	{"diff", "diff <older> <newer> [profile]", "what grew between two captures (pprof -diff_base)", diffHelp, 2},
 }
 
-func (a *app) openUI(ctx context.Context, args []string) error {
-	return a.pprofCommand(ctx, "open", openHelp, args, 1)
-}
-
-func (a *app) diff(ctx context.Context, args []string) error {
-	return a.pprofCommand(ctx, "diff", diffHelp, args, 2)
-}
-
-// pprofCommand runs top, open or diff: it downloads the profile of each of
-// the first n arguments (the optional next one names the profile) and shows
-// the last, against the first when there are two.
-func (a *app) pprofCommand(ctx context.Context, cmd, help string, args []string, n int) error {
-	fs := a.flagSet(cmd, help)
+// pprofCommand is top, open or diff: the first n arguments are captures,
+// the optional next one names the profile.
+func (a *app) pprofCommand(name, use, short, long string, n int) *cobra.Command {
 	var o pprofOptions
-	o.register(fs, cmd)
-	pos, err := a.parse(fs, args, n, n+1)
-	if err != nil {
-		return err
+	cmd := &cobra.Command{
+		Use:               use,
+		Short:             short,
+		Long:              long,
+		Args:              argCount(n, n+1),
+		ValidArgsFunction: a.completeCaptures(n),
+		RunE:              func(cmd *cobra.Command, args []string) error { return a.runPprof(cmd.Context(), args, n, o) },
 	}
+	o.register(cmd.Flags(), name)
+	_ = cmd.MarkFlagDirname("dir")
+	for _, f := range []string{"sample-index", "nodes", "http"} {
+		if cmd.Flags().Lookup(f) != nil {
+			_ = cmd.RegisterFlagCompletionFunc(f, cobra.NoFileCompletions)
+		}
+	}
+	return cmd
+}
+
+// runPprof downloads the profile of each of the first n arguments and shows
+// the last, against the first when there are two.
+func (a *app) runPprof(ctx context.Context, pos []string, n int, o pprofOptions) error {
 	st, err := a.openStore(ctx)
 	if err != nil {
 		return err

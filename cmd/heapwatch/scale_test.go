@@ -210,6 +210,15 @@ func TestBinary(t *testing.T) {
 		t.Errorf("bad URL: %v\n%s", err, out)
 	}
 
+	// As a kubectl plugin (kubectl-heapwatch on PATH), its help says so.
+	plugin := filepath.Join(filepath.Dir(bin), "kubectl-heapwatch")
+	if err := os.Symlink(bin, plugin); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(plugin, "help").Output(); err != nil || !strings.Contains(string(out), "kubectl heapwatch [command]") {
+		t.Errorf("kubectl-heapwatch help: %v\n%s", err, out)
+	}
+
 	// The bash completion script parses, and completes IDs through the binary.
 	script, err := exec.Command(bin, "completion", "bash").Output()
 	if err != nil {
@@ -220,9 +229,17 @@ func TestBinary(t *testing.T) {
 	if out, err := exec.Command("bash", "-n", path).CombinedOutput(); err != nil {
 		t.Fatalf("bash -n: %v\n%s", err, out)
 	}
-	complete := exec.Command("bash", "-c", `source "$1"; COMP_WORDS=(heapwatch top shop/api/app/20261123T140102); COMP_CWORD=2; _heapwatch; printf '%s\n' "${COMPREPLY[@]}"`, "-", path)
+	// Cobra's script needs bash-completion (as kubectl's does): the
+	// package's own file when installed, else a stand-in for its one helper
+	// the script calls, enough for words without '=' or ':'.
+	helpers := "/usr/share/bash-completion/bash_completion"
+	if _, err := os.Stat(helpers); err != nil {
+		helpers = filepath.Join(t.TempDir(), "stand-in.bash")
+		os.WriteFile(helpers, []byte(`_get_comp_words_by_ref() { cur="${COMP_WORDS[COMP_CWORD]}"; prev="${COMP_WORDS[COMP_CWORD-1]}"; words=("${COMP_WORDS[@]}"); cword=$COMP_CWORD; }`+"\n"), 0o644)
+	}
+	complete := exec.Command("bash", "-c", `source "$1"; source "$2"; COMP_WORDS=(heapwatch top shop/api/app/20261123T140102); COMP_CWORD=2; COMP_LINE="${COMP_WORDS[*]}"; COMP_POINT=${#COMP_LINE}; __start_heapwatch; printf '%s\n' "${COMPREPLY[@]}"`, "-", helpers, path)
 	complete.Env = append(os.Environ(), "HEAPWATCH_STORAGE="+url, "PATH="+filepath.Dir(bin)+":"+os.Getenv("PATH"))
-	out, err = complete.CombinedOutput()
+	out, err = complete.Output() // stderr: compopt says it runs outside a real completion
 	if err != nil || strings.TrimSpace(string(out)) != older {
 		t.Errorf("bash completion of a capture ID: %v, got %q, want %q", err, out, older)
 	}

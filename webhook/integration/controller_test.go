@@ -330,7 +330,7 @@ func TestControllerPostsOOMEvents(t *testing.T) {
 		t.Errorf("explain -n %s lists a pod of another namespace:\n%s", ns, out)
 	}
 	out = runCLI(t, hw, "--storage", url, "explain", "--kubeconfig", kubeconfig, "-n", ns, "api-captured")
-	for _, want := range []string{"Capture   " + id2 + " (final before the OOM kill)", "Verdict   the Go heap explains",
+	for _, want := range []string{"Capture   " + id2 + " (final before the OOM kill)", "after the capture; 2 restarts", "Verdict   the Go heap explains",
 		"Timeline  working set (#) against the limit (-), 10 samples", "main.cacheRows", "open " + id2} {
 		if !strings.Contains(out, want) {
 			t.Errorf("explain %s/api-captured lacks %q:\n%s", ns, want, out)
