@@ -13,8 +13,11 @@ import (
 	"github.com/heapwatch/heapwatch/sidecar/trigger"
 )
 
-// procEntry caches a PID that is never watched (the sidecar itself, the
-// pause process, kernel threads): these do not change while they live.
+// procEntry caches a PID that is never watched: the sidecar itself, a
+// kernel thread (PF_KTHREAD) or the pause process. Only such facts, which
+// cannot change while the PID lives, are cached; every other verdict (an
+// empty command line while the process is inside execve, a cgroup not
+// joined yet, a name not readable yet) is taken again at the next scan.
 type procEntry struct{ excluded bool }
 
 // scan re-reads the process list, groups processes by memory cgroup and
@@ -37,15 +40,15 @@ func (w *Watcher) scan(ctx context.Context, wg *sync.WaitGroup) {
 			continue
 		}
 		p := w.fs.Proc(pid)
-		if _, seen := w.procs[pid]; !seen {
-			excluded, err := w.excluded(p, self)
-			if err != nil {
-				continue // gone, or not readable yet: next scan
-			}
-			w.procs[pid] = procEntry{excluded: excluded}
-			if excluded {
-				continue
-			}
+		excluded, final, err := w.excluded(p, self)
+		if err != nil {
+			continue // gone, or not readable yet: next scan
+		}
+		if final {
+			w.procs[pid] = procEntry{excluded: true}
+		}
+		if excluded {
+			continue
 		}
 		cgs, err := p.Cgroups()
 		if err != nil {
@@ -67,7 +70,7 @@ func (w *Watcher) scan(ctx context.Context, wg *sync.WaitGroup) {
 			delete(w.procs, pid)
 		}
 	}
-	for _, m := range []map[string]bool{w.ignored, w.failed} {
+	for _, m := range []map[string]bool{w.ignored, w.failed, w.unnamed} {
 		for key := range m {
 			if _, ok := groups[key]; !ok {
 				delete(m, key)
@@ -116,38 +119,61 @@ func (w *Watcher) self() (int, string) {
 	return pid, fmt.Sprintf("v%d:%s", v, path)
 }
 
-// excluded reports the processes never watched: the sidecar, kernel
-// threads and zombies (no command line), and the pause process.
-func (w *Watcher) excluded(p procfs.Proc, self int) (bool, error) {
+// excluded reports whether a process is left out of this scan, and final
+// when that cannot change while the PID lives: the sidecar, kernel threads
+// and the pause process. A zombie is left out for this scan only. The
+// command line is not looked at: it is empty while a live process is inside
+// execve, which every container's first process does (runc init execs the
+// entrypoint under the same PID).
+func (w *Watcher) excluded(p procfs.Proc, self int) (excluded, final bool, err error) {
 	if p.PID == self {
-		return true, nil
+		return true, true, nil
 	}
-	args, err := p.Cmdline()
+	st, err := p.Stat()
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
-	if len(args) == 0 {
-		return true, nil
+	if st.KernelThread() {
+		return true, true, nil
 	}
-	return p.IsPause()
+	if st.State == 'Z' || st.State == 'X' {
+		return true, false, nil
+	}
+	pause, err := p.IsPause()
+	if err != nil {
+		return false, false, err
+	}
+	return pause, pause, nil
 }
 
 // name is HEAPWATCH_CONTAINER_NAME of the first member that has it, else
-// the container ID from the cgroup path.
-func (w *Watcher) name(members []int, path string) string {
+// the container ID from the cgroup path. sure is false when no member has
+// the variable and the group was not seen unnamed before: a process inside
+// execve shows an empty environment for a moment, so the fallback name is
+// only taken at the second sighting.
+func (w *Watcher) name(key string, members []int, path string) (name string, sure bool) {
 	for _, pid := range members {
 		if v, ok, err := w.fs.Proc(pid).Getenv(settings.ContainerNameEnv); err == nil && ok && v != "" {
-			return v
+			delete(w.unnamed, key)
+			return v, true
 		}
 	}
-	return procfs.ContainerID(path)
+	if !w.unnamed[key] {
+		w.unnamed[key] = true
+		return "", false
+	}
+	return procfs.ContainerID(path), true
 }
 
 // start opens a new container's cgroup and starts its loop. Containers
 // filtered out by name, or without a limit and an absolute threshold, are
 // ignored until their cgroup disappears from the process list.
 func (w *Watcher) start(ctx context.Context, wg *sync.WaitGroup, key, path string, members []int) {
-	name := w.name(members, path)
+	name, sure := w.name(key, members, path)
+	if !sure {
+		w.requestRescan() // looked at again at once
+		return
+	}
 	if !w.wanted(name) {
 		w.ignored[key] = true
 		w.log.Debug("container not in the watch list", "container", name)

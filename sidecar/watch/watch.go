@@ -109,6 +109,7 @@ type Watcher struct {
 	procs   map[int]procEntry
 	ignored map[string]bool // cgroup keys not watched (filtered, no limit)
 	failed  map[string]bool // cgroup keys whose cgroup could not be opened (logged)
+	unnamed map[string]bool // cgroup keys seen once without a readable name
 }
 
 // New returns a Watcher reading processes from fs.
@@ -123,7 +124,7 @@ func New(o Options, fs procfs.FS, h Handler, log *slog.Logger) *Watcher {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Watcher{o: o, fs: fs, h: h, log: log, rescan: make(chan struct{}, 1),
-		containers: map[string]*watched{}, procs: map[int]procEntry{}, ignored: map[string]bool{}, failed: map[string]bool{}}
+		containers: map[string]*watched{}, procs: map[int]procEntry{}, ignored: map[string]bool{}, failed: map[string]bool{}, unnamed: map[string]bool{}}
 }
 
 // Run watches until ctx is done. It fails only if the process list cannot
