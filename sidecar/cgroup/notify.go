@@ -60,8 +60,10 @@ type Notifier struct {
 }
 
 // Notify starts kernel notifications: the OOM event (v1) or memory.events
-// changes (v2). Thresholds are added with SetThresholds.
-func (m *Memory) Notify() (*Notifier, error) {
+// changes (v2). Thresholds are added with SetThresholds. It never fails:
+// when registration is refused or breaks, the Notifier is in ModePoll and
+// Reason says why, and the caller samples at its normal interval.
+func (m *Memory) Notify() *Notifier {
 	n := &Notifier{m: m, c: make(chan Notice, 16)}
 	var err error
 	if m.version == V1 {
@@ -72,12 +74,9 @@ func (m *Memory) Notify() (*Notifier, error) {
 		err = n.watchV2Events()
 	}
 	if err != nil {
-		if !isReadOnly(err) {
-			return nil, err
-		}
 		n.fallBack(err)
 	}
-	return n, nil
+	return n
 }
 
 // C delivers notices. Notices are coalesced when the reader is behind: the

@@ -65,10 +65,7 @@ func TestRealThresholdNotification(t *testing.T) {
 	if before.Limit != limit || before.Usage >= level || before.Usage == 0 {
 		t.Fatalf("before: %+v; want limit %d and usage below %d", before, limit, level)
 	}
-	n, err := m.Notify()
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := m.Notify()
 	t.Cleanup(func() { n.Close() })
 	if n.Mode() != ModeEventfd || n.Reason() != nil {
 		t.Fatalf("mode %s (%v), want eventfd", n.Mode(), n.Reason())
@@ -100,10 +97,7 @@ func TestRealOOMKill(t *testing.T) {
 	const limit = 32 * mib
 	app := cgrouptest.Start(t, "cgtest", limit, false, cgrouptest.Alloc{StepMiB: 4, Every: 10 * time.Millisecond, TotalMiB: 256})
 	m := openView(t, app.PID)
-	n, err := m.Notify()
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := m.Notify()
 	t.Cleanup(func() { n.Close() })
 	app.Go(t)
 	waitNotice(t, n, NoticeOOM, 20*time.Second)
@@ -136,10 +130,7 @@ func TestRealReadOnlyViewFallsBackToPolling(t *testing.T) {
 	const limit = 64 * mib
 	app := cgrouptest.Start(t, "cgtest", limit, true, cgrouptest.Alloc{StepMiB: 1, Every: time.Millisecond, TotalMiB: 1})
 	m := openView(t, app.PID)
-	n, err := m.Notify()
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := m.Notify()
 	t.Cleanup(func() { n.Close() })
 	if n.Mode() != ModePoll || !errors.Is(n.Reason(), syscall.EROFS) {
 		t.Errorf("mode %s, reason %v; want poll because of EROFS", n.Mode(), n.Reason())

@@ -38,13 +38,10 @@ func BenchmarkTick(b *testing.B) {
 		b.Fatal(err)
 	}
 	mem.SetStatRefresh(time.Second, 1<<20) // as the watcher does
-	n, err := mem.Notify()
-	if err != nil {
-		b.Fatal(err)
-	}
+	n := mem.Notify()
 	w := New(Options{Trigger: trigger.Options{Thresholds: []float64{90}, Absolute: 1 << 50}}, fsys, nopHandler{}, nil)
 	c := &watched{w: w, mem: mem, notifier: n, trig: trigger.New(w.o.Trigger),
-		c: Container{Name: "self", PIDs: []int{os.Getpid()}}, pidsChanged: make(chan struct{}, 1)}
+		c: Container{Name: "self", PIDs: []int{os.Getpid()}}, stop: make(chan struct{})}
 	defer c.close()
 	b.ReportAllocs()
 	for b.Loop() {

@@ -1,8 +1,6 @@
 package watch
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -24,7 +22,7 @@ type procEntry struct{ excluded bool }
 // starts or updates container loops. The cgroup of every candidate process
 // is re-read each scan: a process may start in one cgroup and be moved
 // into its container's just before exec.
-func (w *Watcher) scan(ctx context.Context, wg *sync.WaitGroup) {
+func (w *Watcher) scan(wg *sync.WaitGroup) {
 	pids, err := w.fs.PIDs()
 	if err != nil {
 		w.log.Warn("list processes", "err", err)
@@ -70,11 +68,9 @@ func (w *Watcher) scan(ctx context.Context, wg *sync.WaitGroup) {
 			delete(w.procs, pid)
 		}
 	}
-	for _, m := range []map[string]bool{w.ignored, w.failed, w.unnamed} {
-		for key := range m {
-			if _, ok := groups[key]; !ok {
-				delete(m, key)
-			}
+	for key := range w.unnamed {
+		if _, ok := groups[key]; !ok {
+			delete(w.unnamed, key)
 		}
 	}
 	// A watched container missing from the list may have exited: its loop
@@ -86,10 +82,8 @@ func (w *Watcher) scan(ctx context.Context, wg *sync.WaitGroup) {
 		}
 	}
 	w.mu.Unlock()
+	verdicts := map[string]Unwatched{}
 	for key, members := range groups {
-		if w.ignored[key] {
-			continue
-		}
 		w.mu.Lock()
 		c := w.containers[key]
 		w.mu.Unlock()
@@ -97,8 +91,11 @@ func (w *Watcher) scan(ctx context.Context, wg *sync.WaitGroup) {
 			c.setPIDs(members)
 			continue
 		}
-		w.start(ctx, wg, key, paths[key], members)
+		if u := w.start(wg, key, paths[key], members); u != nil {
+			verdicts[key] = *u
+		}
 	}
+	w.report(verdicts)
 }
 
 // self returns the sidecar's PID in this tree and its memory cgroup key.
@@ -165,19 +162,19 @@ func (w *Watcher) name(key string, members []int, path string) (name string, sur
 	return procfs.ContainerID(path), true
 }
 
-// start opens a new container's cgroup and starts its loop. Containers
-// filtered out by name, or without a limit and an absolute threshold, are
-// ignored until their cgroup disappears from the process list.
-func (w *Watcher) start(ctx context.Context, wg *sync.WaitGroup, key, path string, members []int) {
+// start opens a new container's cgroup and starts watching it, or returns
+// why it is not watched (nil while that is not known yet). Nothing is
+// cached: a container not watched is looked at again at every scan, so a
+// limit set later, a process that joins its cgroup late or a view that
+// becomes readable is picked up.
+func (w *Watcher) start(wg *sync.WaitGroup, key, path string, members []int) *Unwatched {
 	name, sure := w.name(key, members, path)
 	if !sure {
 		w.requestRescan() // looked at again at once
-		return
+		return nil
 	}
 	if !w.wanted(name) {
-		w.ignored[key] = true
-		w.log.Debug("container not in the watch list", "container", name)
-		return
+		return &Unwatched{Container: name, Reason: ReasonNotInWatchList, PIDs: members}
 	}
 	var dir string
 	var version cgroup.Version
@@ -187,52 +184,36 @@ func (w *Watcher) start(ctx context.Context, wg *sync.WaitGroup, key, path strin
 			break
 		}
 	}
+	var mem *cgroup.Memory
 	if err == nil {
-		var mem *cgroup.Memory
-		if mem, err = cgroup.Open(dir); err == nil {
-			delete(w.failed, key)
-			w.watch(ctx, wg, key, name, dir, version, members, mem)
-			return
-		}
+		mem, err = cgroup.Open(dir)
 	}
-	// A process may not be set up yet; a permission error stays: say it
-	// once, loudly (reading /proc/<pid>/root needs CAP_SYS_PTRACE when the
-	// app runs as another user).
-	if w.failed[key] {
-		w.log.Debug("memory cgroup not readable", "container", name, "err", err)
-		return
+	if err != nil {
+		return w.unreadable(name, members, err)
 	}
-	w.failed[key] = true
-	w.log.Warn("memory cgroup not readable; retrying at every rescan", "container", name, "err", err)
-}
-
-// watch takes the first sample of an opened cgroup and starts the
-// container's loop.
-func (w *Watcher) watch(ctx context.Context, wg *sync.WaitGroup, key, name, dir string, version cgroup.Version, members []int, mem *cgroup.Memory) {
 	s, err := mem.Sample()
 	if err != nil {
 		mem.Close()
-		w.log.Warn("read memory cgroup", "container", name, "cgroup", dir, "err", err)
-		return
+		return w.unreadable(name, members, err)
 	}
+	if !w.o.Trigger.Watches(s.Limit) {
+		mem.Close()
+		return &Unwatched{Container: name, Reason: ReasonNoLimit, PIDs: members,
+			Detail: "no memory limit and no absolute threshold (heapwatch.io/threshold-bytes) is set"}
+	}
+	w.watch(wg, key, name, dir, version, members, mem, s)
+	return nil
+}
+
+// watch starts sampling an opened cgroup whose first sample is s.
+func (w *Watcher) watch(wg *sync.WaitGroup, key, name, dir string, version cgroup.Version, members []int, mem *cgroup.Memory, s Sample) {
 	// Idle samples reuse memory.stat for a second; a move of 1 % of the
 	// limit (1 MiB without one) re-reads it.
 	mem.SetStatRefresh(time.Second, max(s.Limit/100, 1<<20))
-	if !w.o.Trigger.Watches(s.Limit) {
-		mem.Close()
-		w.ignored[key] = true
-		w.log.Info("container has no memory limit and no absolute threshold is set: not watched", "container", name)
-		return
-	}
-	n, err := mem.Notify()
-	if err != nil {
-		mem.Close()
-		w.log.Warn("memory notifications", "container", name, "err", err)
-		return
-	}
-	c := &watched{w: w, mem: mem, notifier: n, trig: trigger.New(w.triggerFor(n.Mode())), key: key,
+	n := mem.Notify()
+	c := &watched{w: w, s: w.sampler, mem: mem, notifier: n, trig: trigger.New(w.triggerFor(n.Mode())), key: key,
 		c:    Container{Name: name, CgroupPath: dir, PIDs: members, Version: version, Notify: n.Mode()},
-		last: s, oomKills: s.OOMKills, pidsChanged: make(chan struct{}, 1)}
+		last: s, oomKills: s.OOMKills, stop: make(chan struct{}), aliveAt: s.Time}
 	if n.Mode() == cgroup.ModePoll {
 		w.logPollOnce(c.c, n.Reason())
 	}
@@ -241,17 +222,6 @@ func (w *Watcher) watch(ctx context.Context, wg *sync.WaitGroup, key, name, dir 
 	w.mu.Lock()
 	w.containers[key] = c
 	w.mu.Unlock()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		err := c.run(ctx)
-		w.mu.Lock()
-		delete(w.containers, key)
-		w.mu.Unlock()
-		c.close()
-		if err != nil && !errors.Is(err, context.Canceled) {
-			w.log.Info("stopped watching container", "container", name, "why", err)
-		}
-		w.requestRescan()
-	}()
+	wg.Go(c.forward)
+	w.sampler.add(c)
 }
