@@ -9,6 +9,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -32,6 +33,10 @@ const (
 	NoticeThreshold = "threshold" // v1: usage crossed a registered level (either direction)
 	NoticeOOM       = "oom"       // v1: the group hit OOM
 	NoticeEvents    = "events"    // v2: memory.events changed
+	// NoticeFailed: the notification path broke (a read error, or the v2
+	// watch was removed); the Notifier is now in ModePoll and Reason says
+	// why.
+	NoticeFailed = "failed"
 )
 
 // Notice is one kernel notification.
@@ -206,14 +211,33 @@ func (n *Notifier) watchV2Events() error {
 }
 
 // pump turns reads of a notification descriptor into notices until it is
-// closed.
+// closed. A read that fails otherwise, or an inotify watch the kernel
+// removed (IN_IGNORED: the file or its cgroup is gone), would leave the
+// caller waiting for notices that never come: the Notifier then falls back
+// to ModePoll and sends NoticeFailed.
 func (n *Notifier) pump(f *os.File, kind string) {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
 		buf := make([]byte, 4096) // inotify events are variable-sized
 		for {
-			if _, err := f.Read(buf); err != nil {
+			nr, err := f.Read(buf)
+			if err == nil && kind == NoticeEvents && inotifyIgnored(buf[:nr]) {
+				err = errors.New("inotify watch on memory.events removed by the kernel (IN_IGNORED)")
+			}
+			if err != nil {
+				n.mu.Lock()
+				closed := n.closed
+				if !closed {
+					n.fallBack(fmt.Errorf("cgroup %s: %s notifications stopped: %w", n.m.dir, kind, err))
+				}
+				n.mu.Unlock()
+				if !closed {
+					select {
+					case n.c <- Notice{Kind: NoticeFailed, At: time.Now()}:
+					default: // the reader samples soon and sees Mode anyway
+					}
+				}
 				return
 			}
 			select {
@@ -222,6 +246,18 @@ func (n *Notifier) pump(f *os.File, kind string) {
 			}
 		}
 	}()
+}
+
+// inotifyIgnored reports an IN_IGNORED event among the inotify events in b.
+func inotifyIgnored(b []byte) bool {
+	for len(b) >= unix.SizeofInotifyEvent {
+		ev := (*unix.InotifyEvent)(unsafe.Pointer(&b[0]))
+		if ev.Mask&unix.IN_IGNORED != 0 {
+			return true
+		}
+		b = b[min(len(b), unix.SizeofInotifyEvent+int(ev.Len)):]
+	}
+	return false
 }
 
 // Close stops notifications and waits for the readers to exit.

@@ -38,3 +38,13 @@ func (h Handler) ObserveSample(c watch.Container, s watch.Sample) {
 	h.C.o.Metrics.Usage(c.Name, s.WorkingSet, s.Usage, s.Limit)
 	h.C.Seen(c.Name, c.PIDs)
 }
+
+// ObserveUnwatched (watch.Options.OnUnwatched) publishes the containers
+// the watcher does not watch.
+func (h Handler) ObserveUnwatched(list []watch.Unwatched) {
+	reasons := make(map[string]string, len(list))
+	for _, u := range list {
+		reasons[u.Container] = u.Reason
+	}
+	h.C.o.Metrics.SetUnwatched(reasons)
+}

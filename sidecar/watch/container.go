@@ -187,18 +187,27 @@ func (c *watched) tick(detected time.Time) error {
 		c.w.log.Warn("container OOM-killed", "container", ct.Name, "oomKills", s.OOMKills, "lastUsage", c.prev.Usage, "limit", c.prev.Limit)
 		h.OOMKilled(ct, s.Time, c.prev)
 	}
-	if !c.haveLevels || s.Limit != c.levelsFor {
+	registered := !c.haveLevels || s.Limit != c.levelsFor
+	if registered {
 		c.haveLevels, c.levelsFor = true, s.Limit
 		if err := c.notifier.SetThresholds(c.w.o.Trigger.Levels(s.Limit)); err != nil {
 			c.w.log.Warn("register memory thresholds", "container", ct.Name, "err", err)
 		}
-		if mode := c.notifier.Mode(); mode != ct.Notify {
-			c.mu.Lock()
-			c.c.Notify = mode
-			c.mu.Unlock()
-			ct.Notify = mode
-			c.trig = trigger.New(c.w.triggerFor(mode)) // no idle stretching without notifications
+	}
+	// A notifier that could not register, or stopped (NoticeFailed), is in
+	// poll mode: sample at the normal interval from now on, never stretched.
+	if mode := c.notifier.Mode(); mode != ct.Notify {
+		c.mu.Lock()
+		c.c.Notify = mode
+		c.mu.Unlock()
+		was := ct.Notify
+		ct.Notify = mode
+		c.trig.SetIdleInterval(c.w.triggerFor(mode).IdleInterval)
+		if registered { // the registration was refused: a read-only view
 			c.w.logPollOnce(ct, c.notifier.Reason())
+		} else {
+			c.w.log.Warn("kernel memory notifications stopped; sampling at the normal interval", "container", ct.Name,
+				"was", string(was), "reason", c.notifier.Reason())
 		}
 	}
 	// The working set, not raw usage, is compared: page cache near the
