@@ -58,15 +58,15 @@ type watched struct {
 	urgentUntil time.Time
 
 	// Owned by the sampler.
-	next        time.Time
-	prev        Sample
-	oomKills    uint64
-	lastKill    time.Time
-	levelsFor   uint64
-	haveLevels  bool
-	aliveAt     time.Time
-	checkAlive  bool
-	errLogged   string
+	next       time.Time
+	prev       Sample
+	oomKills   uint64
+	lastKill   time.Time
+	levelsFor  uint64
+	haveLevels bool
+	aliveAt    time.Time
+	checkAlive bool
+	errLogged  string
 }
 
 // container is the current state; its PIDs must not be modified.

@@ -121,7 +121,7 @@ type Watcher struct {
 
 	// Owned by the Run goroutine.
 	procs   map[int]procEntry
-	unnamed map[string]bool // cgroup keys seen once without a readable name
+	unnamed map[string]bool      // cgroup keys seen once without a readable name
 	pending map[string]Unwatched // the last scan's verdicts, by cgroup key
 
 	reported map[string]Unwatched // under mu
