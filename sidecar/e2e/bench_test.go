@@ -65,6 +65,30 @@ func BenchmarkCaptureRate(b *testing.B) {
 	}
 }
 
+// BenchmarkAppStartsWithSidecar runs TestAppStartsWithSidecar's pod (the
+// app started with the sidecar, leaking at once) to its OOM kill at least
+// 20 times and reports the share of kills that left a usable final heap
+// profile.
+func BenchmarkAppStartsWithSidecar(b *testing.B) {
+	requirePods(b)
+	runs := max(20, b.N)
+	ok := 0
+	for i := range runs {
+		m, _, err := oneKill(b, startWithSidecar.shape, startWithSidecar.appArgs)
+		if err == nil {
+			err = verifyFinalHeap(openStore(b, m.storage), m.meta, "main.leakLinear")
+		}
+		if err != nil {
+			b.Logf("run %d: no usable capture: %v", i, err)
+			continue
+		}
+		ok++
+	}
+	b.ReportMetric(100*float64(ok)/float64(runs), "capture-%")
+	b.ReportMetric(float64(runs), "runs")
+	b.ReportMetric(0, "ns/op")
+}
+
 type killResult struct {
 	storage string
 	meta    *capture.Metadata
