@@ -2,6 +2,7 @@ package watch
 
 import (
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"syscall"
@@ -220,4 +221,42 @@ func pct(d []time.Duration, p int) float64 {
 	slices.Sort(s)
 	i := (len(s)*p + 99) / 100
 	return float64(s[max(i-1, 0)].Microseconds())
+}
+
+// BenchmarkDiscoveryProbe compares ways to notice a new process at every
+// tick: the probe (/proc/loadavg's last PID), /proc/sys/kernel/ns_last_pid,
+// a cgroup.procs file (the pod cgroup's would do, where it is visible) and
+// listing /proc (what the periodic rescan does, without reading any
+// process's files).
+func BenchmarkDiscoveryProbe(b *testing.B) {
+	fsys, err := procfs.NewFS("/proc")
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir, _, err := cgroup.Locate(fsys.Proc(os.Getpid()))
+	if err != nil {
+		b.Skipf("no memory cgroup: %v", err)
+	}
+	for _, path := range []string{"/proc/loadavg", "/proc/sys/kernel/ns_last_pid", dir + "/cgroup.procs"} {
+		b.Run(filepath.Base(path), func(b *testing.B) {
+			f, err := cgroup.OpenRaw(path)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer f.Close()
+			buf := make([]byte, 64<<10)
+			for b.Loop() {
+				if _, err := f.Pread(buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+	b.Run("list /proc", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := fsys.PIDs(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -14,9 +14,10 @@ import (
 // unshare), so that is exactly the pod's last PID; any fork or exec'd
 // container start moves it. The pod cgroup's cgroup.procs would tell the
 // same, but a container only sees its own cgroup (a cgroup namespace, or
-// its own group bind-mounted under v1), and listing /proc every tick costs
-// ten times more (BenchmarkDiscoveryProbe). A thread the sidecar itself
-// starts moves it too: that costs one extra scan.
+// its own group bind-mounted under v1), ns_last_pid (a sysctl) costs more
+// per read, and listing /proc every tick costs some fifty times more
+// (BenchmarkDiscoveryProbe). A thread the sidecar itself starts moves it
+// too: that costs one extra scan.
 type probe struct {
 	f    *cgroup.RawFile
 	buf  [128]byte
