@@ -19,18 +19,25 @@ func copyTree(t testing.TB, src string) string {
 	return dst
 }
 
-func TestV2InotifyOnMemoryEvents(t *testing.T) {
+// inotifyFixture opens a copy of a v2 fixture group with notifications.
+func inotifyFixture(t *testing.T) (string, *Memory, *Notifier) {
+	t.Helper()
 	dir := copyTree(t, "testdata/v2/limited")
 	m, err := Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Close()
+	t.Cleanup(func() { m.Close() })
 	n := m.Notify()
-	defer n.Close()
+	t.Cleanup(func() { n.Close() })
 	if n.Mode() != ModeInotify {
 		t.Fatalf("mode %s (%v), want inotify", n.Mode(), n.Reason())
 	}
+	return dir, m, n
+}
+
+func TestV2InotifyOnMemoryEvents(t *testing.T) {
+	dir, m, n := inotifyFixture(t)
 	// v2 has no arbitrary thresholds: a no-op, not an error.
 	if err := n.SetThresholds([]uint64{1 << 20}); err != nil {
 		t.Fatal(err)
@@ -78,17 +85,7 @@ func TestV2MissingEventsFallsBackToPolling(t *testing.T) {
 // notifier's own descriptor, so the kernel sends IN_IGNORED); only who
 // removes it is the test.
 func TestV2WatchRemovedFallsBackToPolling(t *testing.T) {
-	dir := copyTree(t, "testdata/v2/limited")
-	m, err := Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	n := m.Notify()
-	defer n.Close()
-	if n.Mode() != ModeInotify {
-		t.Fatalf("mode %s (%v), want inotify", n.Mode(), n.Reason())
-	}
+	_, _, n := inotifyFixture(t)
 	rc, err := n.oom.SyscallConn()
 	if err != nil {
 		t.Fatal(err)

@@ -21,11 +21,8 @@ func (nopHandler) Capture(Event)                          {}
 func (nopHandler) OOMKilled(Container, time.Time, Sample) {}
 func (nopHandler) Suppressed(Container, string, string)   {}
 
-// BenchmarkTick is the cost of one sampling tick of a watched container:
-// sample the cgroup (pread of usage, limit, memory.stat, oom_control,
-// max_usage), run the trigger, check the processes are alive. The cgroup is
-// this process's own real v1 memory cgroup.
-func BenchmarkTick(b *testing.B) {
+// selfCgroup is the real /proc and this process's own memory cgroup.
+func selfCgroup(b *testing.B) (procfs.FS, string) {
 	fsys, err := procfs.NewFS("/proc")
 	if err != nil {
 		b.Fatal(err)
@@ -34,6 +31,15 @@ func BenchmarkTick(b *testing.B) {
 	if err != nil {
 		b.Skipf("no memory cgroup: %v", err)
 	}
+	return fsys, dir
+}
+
+// BenchmarkTick is the cost of one sampling tick of a watched container:
+// sample the cgroup (raw preads of usage, limit and oom_control; memory.stat
+// and max_usage at most once a second), run the trigger, check the processes are alive. The cgroup is
+// this process's own real v1 memory cgroup.
+func BenchmarkTick(b *testing.B) {
+	fsys, dir := selfCgroup(b)
 	mem, err := cgroup.Open(dir)
 	if err != nil {
 		b.Fatal(err)
@@ -229,14 +235,7 @@ func pct(d []time.Duration, p int) float64 {
 // listing /proc (what the periodic rescan does, without reading any
 // process's files).
 func BenchmarkDiscoveryProbe(b *testing.B) {
-	fsys, err := procfs.NewFS("/proc")
-	if err != nil {
-		b.Fatal(err)
-	}
-	dir, _, err := cgroup.Locate(fsys.Proc(os.Getpid()))
-	if err != nil {
-		b.Skipf("no memory cgroup: %v", err)
-	}
+	fsys, dir := selfCgroup(b)
 	for _, path := range []string{"/proc/loadavg", "/proc/sys/kernel/ns_last_pid", dir + "/cgroup.procs"} {
 		b.Run(filepath.Base(path), func(b *testing.B) {
 			f, err := cgroup.OpenRaw(path)
