@@ -22,11 +22,13 @@ type procEntry struct{ excluded bool }
 // starts or updates container loops. The cgroup of every candidate process
 // is re-read each scan: a process may start in one cgroup and be moved
 // into its container's just before exec.
-func (w *Watcher) scan(wg *sync.WaitGroup) {
+//
+// It returns young when a new group was left for later: see settleAge.
+func (w *Watcher) scan(wg *sync.WaitGroup) (young bool) {
 	pids, err := w.fs.PIDs()
 	if err != nil {
 		w.log.Warn("list processes", "err", err)
-		return
+		return false
 	}
 	self, selfKey := w.self()
 	groups := map[string][]int{}
@@ -73,6 +75,12 @@ func (w *Watcher) scan(wg *sync.WaitGroup) {
 			delete(w.unnamed, key)
 		}
 	}
+	for key := range w.firstSeen {
+		if _, ok := groups[key]; !ok {
+			delete(w.firstSeen, key)
+		}
+	}
+	now := time.Now()
 	// A watched container missing from the list may have exited: its loop
 	// checks its processes now rather than at its next (idle) sample.
 	w.mu.Lock()
@@ -88,7 +96,17 @@ func (w *Watcher) scan(wg *sync.WaitGroup) {
 		c := w.containers[key]
 		w.mu.Unlock()
 		if c != nil {
+			delete(w.firstSeen, key) // a restart in the same group settles again
 			c.setPIDs(members)
+			continue
+		}
+		first, seen := w.firstSeen[key]
+		if !seen {
+			w.firstSeen[key] = now
+			first = now
+		}
+		if now.Sub(first) < settleAge {
+			young = true
 			continue
 		}
 		if u := w.start(wg, key, paths[key], members); u != nil {
@@ -96,7 +114,17 @@ func (w *Watcher) scan(wg *sync.WaitGroup) {
 		}
 	}
 	w.report(verdicts)
+	return young
 }
+
+// settleAge is how long a memory cgroup must have had processes before the
+// watcher opens it. A container runtime joins the container's first
+// process to its cgroup, then finishes its mounts (a read-only cgroupfs,
+// pivot_root) and execs: a sidecar that opened the cgroup view or
+// registered a notification in that window could make a remount fail
+// (EBUSY), harming the app, and would read a view that is about to change.
+// Waiting costs a fifth of a second of discovery.
+const settleAge = 200 * time.Millisecond
 
 // self returns the sidecar's PID in this tree and its memory cgroup key.
 // Both are empty when the tree is another PID namespace's.

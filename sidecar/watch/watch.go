@@ -120,9 +120,10 @@ type Watcher struct {
 	pollLogged bool
 
 	// Owned by the Run goroutine.
-	procs   map[int]procEntry
-	unnamed map[string]bool      // cgroup keys seen once without a readable name
-	pending map[string]Unwatched // the last scan's verdicts, by cgroup key
+	procs     map[int]procEntry
+	unnamed   map[string]bool      // cgroup keys seen once without a readable name
+	firstSeen map[string]time.Time // when each not yet watched cgroup key was first seen
+	pending   map[string]Unwatched // the last scan's verdicts, by cgroup key
 
 	reported map[string]Unwatched // under mu
 }
@@ -143,7 +144,7 @@ func New(o Options, fs procfs.FS, h Handler, log *slog.Logger) *Watcher {
 		interval = defaultInterval
 	}
 	return &Watcher{o: o, fs: fs, h: h, log: log, rescan: make(chan struct{}, 1), interval: interval,
-		containers: map[string]*watched{}, procs: map[int]procEntry{}, unnamed: map[string]bool{}, reported: map[string]Unwatched{}}
+		containers: map[string]*watched{}, procs: map[int]procEntry{}, unnamed: map[string]bool{}, firstSeen: map[string]time.Time{}, reported: map[string]Unwatched{}}
 }
 
 // Run watches until ctx is done. It fails only if the process list cannot
@@ -180,7 +181,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 	// may join its cgroup, or finish its exec, a moment after it is seen.
 	var settleUntil time.Time
 	for ctx.Err() == nil {
-		w.scan(&wg)
+		if w.scan(&wg) {
+			settleUntil = time.Now().Add(settleFor)
+		}
 		next := rescan
 		if time.Now().Before(settleUntil) {
 			next = w.interval
