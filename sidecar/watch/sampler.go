@@ -126,6 +126,7 @@ func (s *sampler) run(probe *probe) {
 	// interval stays the same (an idle container), it is not re-armed.
 	var deadline time.Time
 	var period time.Duration
+	s.kick() // the first pass arms the timer, also with no container yet
 	for s.wait(deadline) {
 		for {
 			// A kick replaced the periodic timer: re-arm after this pass.

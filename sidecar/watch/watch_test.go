@@ -314,3 +314,37 @@ func TestRealHeldInExec(t *testing.T) {
 		t.Fatalf("kills %+v, %d captures: want one kill and a threshold-50 capture", kills, len(caps))
 	}
 }
+
+// TestRealDiscoveryByProbe: with no container watched yet and no periodic
+// rescan to speak of, a container started in the pod after the watcher
+// settled is found through the discovery probe (the last PID moving),
+// within a second or so of joining its cgroup. The watcher reads the pod's
+// own /proc, so nothing else in it makes the watcher rescan.
+func TestRealDiscoveryByProbe(t *testing.T) {
+	if err := podsim.Supported(); err != nil {
+		t.Skipf("needs root and a writable cgroup v1 memory hierarchy: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pod, err := podsim.Start(ctx, podsim.Spec{Name: "probe"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := pod.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	fsys, err := procfs.NewFS("/proc/" + strconv.Itoa(pod.InitPID()) + "/root/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := uniqueName("wp")
+	w := startWatcher(t, New(Options{Rescan: time.Hour, Trigger: trigger.Options{Thresholds: []float64{90}, Interval: 100 * time.Millisecond}},
+		fsys, &recorder{}, testLogger(t)))
+	time.Sleep(1500 * time.Millisecond) // the first scans and their settling are over
+	if _, err := pod.Add(podsim.ContainerSpec{Name: name, Argv: []string{"sleep", "60"}, MemoryLimit: 64 * mib}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Second, "the container started after the watcher", func() bool { _, ok := find(w, name); return ok })
+}
