@@ -11,13 +11,14 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -96,7 +97,7 @@ type Memory struct {
 	// gone.
 	d *os.File
 	// usage is required; the others are nil when the file does not exist.
-	usage, limit, stat, events, peak, high *os.File
+	usage, limit, stat, events, peak, high *RawFile
 	buf                                    []byte
 
 	// memory.stat is the costliest file to generate (v1 walks the
@@ -105,6 +106,7 @@ type Memory struct {
 	statMaxDelta uint64
 	statAt       time.Time
 	statUsage    uint64
+	maxUsage     uint64
 	inactive     uint64
 	hierLimit    uint64
 }
@@ -131,18 +133,18 @@ func Open(dir string) (*Memory, error) {
 	if m.d, err = os.Open(dir); err != nil {
 		return nil, m.wrap(".", err)
 	}
-	if m.usage, err = os.Open(filepath.Join(dir, m.names.usage)); err != nil {
+	if m.usage, err = OpenRaw(filepath.Join(dir, m.names.usage)); err != nil {
 		m.Close()
 		return nil, m.wrap(m.names.usage, err)
 	}
 	for _, o := range []struct {
-		f    **os.File
+		f    **RawFile
 		name string
 	}{{&m.limit, m.names.limit}, {&m.stat, m.names.stat}, {&m.events, m.names.events}, {&m.peak, m.names.peak}, {&m.high, m.names.high}} {
 		if o.name == "" {
 			continue
 		}
-		f, err := os.Open(filepath.Join(dir, o.name))
+		f, err := OpenRaw(filepath.Join(dir, o.name))
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			m.Close()
 			return nil, m.wrap(o.name, err)
@@ -179,7 +181,10 @@ func (m *Memory) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var errs []error
-	for _, f := range []*os.File{m.d, m.usage, m.limit, m.stat, m.events, m.peak, m.high} {
+	if m.d != nil {
+		errs = append(errs, m.d.Close())
+	}
+	for _, f := range []*RawFile{m.usage, m.limit, m.stat, m.events, m.peak, m.high} {
 		if f != nil {
 			errs = append(errs, f.Close())
 		}
@@ -197,12 +202,12 @@ func (m *Memory) wrap(name string, err error) error {
 }
 
 // read re-reads an open file from offset 0 into m.buf.
-func (m *Memory) read(f *os.File, name string) ([]byte, error) {
+func (m *Memory) read(f *RawFile, name string) ([]byte, error) {
 	if f == nil {
 		return nil, m.wrap(name, os.ErrClosed)
 	}
-	n, err := f.ReadAt(m.buf, 0)
-	if err != nil && !errors.Is(err, io.EOF) {
+	n, err := f.Pread(m.buf)
+	if err != nil {
 		return nil, m.wrap(name, err)
 	}
 	if n == len(m.buf) {
@@ -211,7 +216,7 @@ func (m *Memory) read(f *os.File, name string) ([]byte, error) {
 	return m.buf[:n], nil
 }
 
-func (m *Memory) readValue(f *os.File, name string) (uint64, bool, error) {
+func (m *Memory) readValue(f *RawFile, name string) (uint64, bool, error) {
 	b, err := m.read(f, name)
 	if err != nil {
 		return 0, false, err
@@ -222,6 +227,49 @@ func (m *Memory) readValue(f *os.File, name string) (uint64, bool, error) {
 	}
 	return v, max, nil
 }
+
+// RawFile is an open kernel-generated file (cgroup, /proc) re-read from
+// offset 0 with raw system calls: such files never block, and a raw call
+// skips the Go scheduler's system-call bookkeeping, which wakes the
+// runtime's sysmon thread whenever that sleeps. At ten samples a second
+// that wakeup costs more than the read (BenchmarkSidecarCPU).
+type RawFile struct {
+	f  *os.File
+	fd uintptr // taken once: File.Fd itself makes a system call
+}
+
+// OpenRaw opens path for reading.
+func OpenRaw(path string) (*RawFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	return &RawFile{f: f, fd: f.Fd()}, nil
+}
+
+// Pread reads the file from offset 0 into b.
+func (r *RawFile) Pread(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	for {
+		n, _, e := syscall.RawSyscall6(syscall.SYS_PREAD64, r.fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0, 0, 0)
+		switch e {
+		case 0:
+			runtime.KeepAlive(r.f)
+			return int(n), nil
+		case syscall.EINTR:
+			continue
+		}
+		return 0, &fs.PathError{Op: "pread", Path: r.f.Name(), Err: e}
+	}
+}
+
+// Fd is the file descriptor (for cgroup.event_control registrations).
+func (r *RawFile) Fd() uintptr { return r.fd }
+
+// Close closes the file.
+func (r *RawFile) Close() error { return r.f.Close() }
 
 // limitValue turns a raw limit into "0 = none".
 func limitValue(v uint64, max bool) uint64 {
@@ -254,14 +302,20 @@ func (m *Memory) Sample() (Sample, error) {
 		}
 		s.High = limitValue(v, max)
 	}
+	// memory.stat and the peak are re-read only when the policy of
+	// SetStatRefresh says the cached figures are stale.
+	stale := m.statStale(s)
 	if m.peak != nil {
-		if s.MaxUsage, _, err = m.readValue(m.peak, m.names.peak); err != nil {
-			return Sample{}, err
+		if stale {
+			if m.maxUsage, _, err = m.readValue(m.peak, m.names.peak); err != nil {
+				return Sample{}, err
+			}
 		}
+		s.MaxUsage = max(m.maxUsage, s.Usage)
 	}
 	s.WorkingSet = s.Usage
 	if m.stat != nil {
-		if err := m.sampleStat(&s); err != nil {
+		if err := m.sampleStat(&s, stale); err != nil {
 			return Sample{}, err
 		}
 	}
@@ -287,12 +341,29 @@ func (m *Memory) Sample() (Sample, error) {
 	return s, nil
 }
 
+// statStale reports whether memory.stat (and the peak) must be re-read for s.
+func (m *Memory) statStale(s Sample) bool {
+	delta := max(s.Usage, m.statUsage) - min(s.Usage, m.statUsage)
+	return m.statAt.IsZero() || s.Time.Sub(m.statAt) >= m.statMaxAge || delta >= m.statMaxDelta
+}
+
+// SampleFiles are the files every Sample of a group of version v reads,
+// relative to its directory; memory.stat and v1's peak usage are re-read
+// only as SetStatRefresh allows. The CPU benchmark's floor program reads
+// exactly these.
+func SampleFiles(v Version) []string {
+	l := layouts[v]
+	out := []string{l.usage, l.limit}
+	if l.high != "" {
+		out = append(out, l.high)
+	}
+	return append(out, l.events)
+}
+
 // sampleStat derives the working set (and v1's hierarchical limit, which
 // is lower than the group's own when an ancestor, e.g. the pod, is limited).
-func (m *Memory) sampleStat(s *Sample) error {
-	delta := max(s.Usage, m.statUsage) - min(s.Usage, m.statUsage)
-	fresh := !m.statAt.IsZero() && s.Time.Sub(m.statAt) < m.statMaxAge && delta < m.statMaxDelta
-	if !fresh {
+func (m *Memory) sampleStat(s *Sample, stale bool) error {
+	if stale {
 		b, err := m.read(m.stat, m.names.stat)
 		if err != nil {
 			return err
@@ -344,21 +415,20 @@ func (m *Memory) Stat() (map[string]uint64, error) {
 
 // usageFD and eventsFD give the descriptors cgroup.event_control refers to.
 func (m *Memory) usageFD() (uintptr, error) {
-	return m.fd(func() *os.File { return m.usage }, m.names.usage)
+	return m.fd(func() *RawFile { return m.usage }, m.names.usage)
 }
 
 func (m *Memory) eventsFD() (uintptr, error) {
-	return m.fd(func() *os.File { return m.events }, m.names.events)
+	return m.fd(func() *RawFile { return m.events }, m.names.events)
 }
 
-func (m *Memory) fd(pick func() *os.File, name string) (uintptr, error) {
+func (m *Memory) fd(pick func() *RawFile, name string) (uintptr, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	f := pick()
 	if f == nil {
 		return 0, m.wrap(name, os.ErrClosed)
 	}
-	// Fd on a regular (non-pollable) file has no side effect.
 	return f.Fd(), nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -32,6 +33,10 @@ const (
 	NoticeThreshold = "threshold" // v1: usage crossed a registered level (either direction)
 	NoticeOOM       = "oom"       // v1: the group hit OOM
 	NoticeEvents    = "events"    // v2: memory.events changed
+	// NoticeFailed: the notification path broke (a read error, or the v2
+	// watch was removed); the Notifier is now in ModePoll and Reason says
+	// why.
+	NoticeFailed = "failed"
 )
 
 // Notice is one kernel notification.
@@ -60,8 +65,10 @@ type Notifier struct {
 }
 
 // Notify starts kernel notifications: the OOM event (v1) or memory.events
-// changes (v2). Thresholds are added with SetThresholds.
-func (m *Memory) Notify() (*Notifier, error) {
+// changes (v2). Thresholds are added with SetThresholds. It never fails:
+// when registration is refused or breaks, the Notifier is in ModePoll and
+// Reason says why, and the caller samples at its normal interval.
+func (m *Memory) Notify() *Notifier {
 	n := &Notifier{m: m, c: make(chan Notice, 16)}
 	var err error
 	if m.version == V1 {
@@ -72,12 +79,9 @@ func (m *Memory) Notify() (*Notifier, error) {
 		err = n.watchV2Events()
 	}
 	if err != nil {
-		if !isReadOnly(err) {
-			return nil, err
-		}
 		n.fallBack(err)
 	}
-	return n, nil
+	return n
 }
 
 // C delivers notices. Notices are coalesced when the reader is behind: the
@@ -207,14 +211,33 @@ func (n *Notifier) watchV2Events() error {
 }
 
 // pump turns reads of a notification descriptor into notices until it is
-// closed.
+// closed. A read that fails otherwise, or an inotify watch the kernel
+// removed (IN_IGNORED: the file or its cgroup is gone), would leave the
+// caller waiting for notices that never come: the Notifier then falls back
+// to ModePoll and sends NoticeFailed.
 func (n *Notifier) pump(f *os.File, kind string) {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
 		buf := make([]byte, 4096) // inotify events are variable-sized
 		for {
-			if _, err := f.Read(buf); err != nil {
+			nr, err := f.Read(buf)
+			if err == nil && kind == NoticeEvents && inotifyIgnored(buf[:nr]) {
+				err = errors.New("inotify watch on memory.events removed by the kernel (IN_IGNORED)")
+			}
+			if err != nil {
+				n.mu.Lock()
+				closed := n.closed
+				if !closed {
+					n.fallBack(fmt.Errorf("cgroup %s: %s notifications stopped: %w", n.m.dir, kind, err))
+				}
+				n.mu.Unlock()
+				if !closed {
+					select {
+					case n.c <- Notice{Kind: NoticeFailed, At: time.Now()}:
+					default: // the reader samples soon and sees Mode anyway
+					}
+				}
 				return
 			}
 			select {
@@ -223,6 +246,18 @@ func (n *Notifier) pump(f *os.File, kind string) {
 			}
 		}
 	}()
+}
+
+// inotifyIgnored reports an IN_IGNORED event among the inotify events in b.
+func inotifyIgnored(b []byte) bool {
+	for len(b) >= unix.SizeofInotifyEvent {
+		ev := (*unix.InotifyEvent)(unsafe.Pointer(&b[0]))
+		if ev.Mask&unix.IN_IGNORED != 0 {
+			return true
+		}
+		b = b[min(len(b), unix.SizeofInotifyEvent+int(ev.Len)):]
+	}
+	return false
 }
 
 // Close stops notifications and waits for the readers to exit.

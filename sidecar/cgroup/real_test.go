@@ -86,10 +86,7 @@ func TestRealThresholdNotification(t *testing.T) {
 	if before.Limit != limit || before.Usage >= level || before.Usage == 0 {
 		t.Fatalf("before: %+v; want limit %d and usage below %d", before, limit, level)
 	}
-	n, err := m.Notify()
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := m.Notify()
 	t.Cleanup(func() { n.Close() })
 	if onV2() {
 		checkV2Growth(t, m, n, app, level)
@@ -125,10 +122,7 @@ func TestRealOOMKill(t *testing.T) {
 	const limit = 32 * mib
 	app := cgrouptest.Start(t, "cgtest", limit, false, cgrouptest.Alloc{StepMiB: 4, Every: 10 * time.Millisecond, TotalMiB: 256})
 	m := openView(t, app.PID)
-	n, err := m.Notify()
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := m.Notify()
 	t.Cleanup(func() { n.Close() })
 	app.Go(t)
 	waitNotice(t, n, oomNotice(), 20*time.Second)
@@ -161,10 +155,7 @@ func TestRealReadOnlyViewFallsBackToPolling(t *testing.T) {
 	const limit = 64 * mib
 	app := cgrouptest.Start(t, "cgtest", limit, true, cgrouptest.Alloc{StepMiB: 1, Every: time.Millisecond, TotalMiB: 1})
 	m := openView(t, app.PID)
-	n, err := m.Notify()
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := m.Notify()
 	t.Cleanup(func() { n.Close() })
 	if onV2() {
 		// inotify needs no write access: a read-only v2 view keeps kernel

@@ -54,3 +54,13 @@ func (h Handler) ObserveSample(c watch.Container, s watch.Sample) {
 func point(s watch.Sample, trigger string) capture.Point {
 	return capture.Point{Time: s.Time, UsageBytes: s.Usage, WorkingSetBytes: s.WorkingSet, LimitBytes: s.Limit, Trigger: trigger}
 }
+
+// ObserveUnwatched (watch.Options.OnUnwatched) publishes the containers
+// the watcher does not watch.
+func (h Handler) ObserveUnwatched(list []watch.Unwatched) {
+	reasons := make(map[string]string, len(list))
+	for _, u := range list {
+		reasons[u.Container] = u.Reason
+	}
+	h.C.o.Metrics.SetUnwatched(reasons)
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/heapwatch/heapwatch/sidecar/capture"
+	"github.com/heapwatch/heapwatch/sidecar/cgroup"
 	"github.com/heapwatch/heapwatch/sidecar/podsim"
 	"github.com/heapwatch/heapwatch/sidecar/procfs"
 	"github.com/heapwatch/heapwatch/sidecar/spool"
@@ -61,6 +63,30 @@ func BenchmarkCaptureRate(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkAppStartsWithSidecar runs TestAppStartsWithSidecar's pod (the
+// app started with the sidecar, leaking at once) to its OOM kill at least
+// 20 times and reports the share of kills that left a usable final heap
+// profile.
+func BenchmarkAppStartsWithSidecar(b *testing.B) {
+	requirePods(b)
+	runs := max(20, b.N)
+	ok := 0
+	for i := range runs {
+		m, _, err := oneKill(b, startWithSidecar.shape, startWithSidecar.appArgs)
+		if err == nil {
+			err = verifyFinalHeap(openStore(b, m.storage), m.meta, "main.leakLinear")
+		}
+		if err != nil {
+			b.Logf("run %d: no usable capture: %v", i, err)
+			continue
+		}
+		ok++
+	}
+	b.ReportMetric(100*float64(ok)/float64(runs), "capture-%")
+	b.ReportMetric(float64(runs), "runs")
+	b.ReportMetric(0, "ns/op")
 }
 
 type killResult struct {
@@ -150,57 +176,134 @@ func BenchmarkDetectionLatency(b *testing.B) {
 }
 
 // BenchmarkSidecarCPU reports the sidecar's CPU use, in % of one core, while
-// it watches one idle container with a limit, at 100 ms and 10 ms sampling:
-// utime+stime from /proc/<pid>/stat over a fixed window (10 ms ticks), and
-// the summed per-thread schedstat run time (ns) over the same window.
+// it watches one idle container with a limit, beside the floor of that
+// work: testdata/pollfloor.c (built here with the machine's cc), which
+// sleeps one interval and preads the files the sidecar reads per idle
+// sample (cgroup.SampleFiles) of the same cgroup, and nothing else. Both
+// run at the same time, so the ratio is measured side by side. CPU is
+// utime+stime from /proc/<pid>/stat (10 ms ticks; cpu-%) and the summed
+// per-thread schedstat run time (ns; cpu-%-schedstat) over the same
+// window; ratio-schedstat = sidecar / floor. "polling": a read-only cgroup
+// view (every real pod); "notify": a writable one (v1 eventfd). The 10 ms
+// sampling case has no floor (the sidecar's sampling then runs at its
+// fastest only near a level).
 func BenchmarkSidecarCPU(b *testing.B) {
 	requirePods(b)
-	const window = 20 * time.Second
-	for _, interval := range []string{"100ms", "10ms"} {
-		b.Run(interval, func(b *testing.B) {
-			r := startPod(b, podOptions{shape: "none", env: []string{"HEAPWATCH_INTERVAL=" + interval}})
+	floor := buildFloor(b)
+	window := 40 * time.Second
+	if v := os.Getenv("HEAPWATCH_CPU_WINDOW"); v != "" {
+		if d, err := time.ParseDuration(v); err == nil {
+			window = d
+		}
+	}
+	for _, tc := range []struct {
+		name, interval string
+		readOnly       bool
+	}{{"100ms/polling", "100ms", true}, {"100ms/notify", "100ms", false}, {"10ms/polling", "10ms", true}} {
+		b.Run(tc.name, func(b *testing.B) {
+			r := startPod(b, podOptions{shape: "none", readOnlyCG: tc.readOnly, env: []string{"HEAPWATCH_INTERVAL=" + tc.interval}})
 			pid, err := r.sidecar.PID()
 			if err != nil {
 				b.Fatal(err)
 			}
-			time.Sleep(2 * time.Second) // start-up and first discovery
-			ticks0, run0, err := cpuTime(pid)
+			fpid := 0
+			if tc.interval == "100ms" {
+				var files []string
+				for _, f := range cgroup.SampleFiles(cgroup.V1) {
+					files = append(files, filepath.Join(r.app.CgroupDir, f))
+				}
+				cmd := exec.Command(floor, append([]string{"100"}, files...)...)
+				cmd.Stderr = os.Stderr
+				if err := cmd.Start(); err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+				fpid = cmd.Process.Pid
+			}
+			waitUntil(b, 10*time.Second, "the app to be watched", func() bool {
+				return strings.Contains(r.logs.String(), `"msg":"watching container","container":"app"`)
+			})
+			time.Sleep(2 * time.Second) // past start-up: first samples, registration, rate known
+			s0, err := cpuTime(pid)
 			if err != nil {
 				b.Fatal(err)
 			}
+			f0, _ := cpuTime(fpid)
 			start := time.Now()
 			time.Sleep(window)
-			ticks1, run1, err := cpuTime(pid)
+			s1, err := cpuTime(pid)
 			if err != nil {
 				b.Fatal(err)
 			}
+			f1, _ := cpuTime(fpid)
 			elapsed := time.Since(start)
-			const clkTck = 100 // USER_HZ on Linux
-			b.ReportMetric(100*float64(ticks1-ticks0)/clkTck/elapsed.Seconds(), "cpu-%")
-			b.ReportMetric(100*float64(run1-run0)/float64(elapsed), "cpu-%-schedstat")
+			b.ReportMetric(s1.sub(s0).tickPct(elapsed), "cpu-%")
+			b.ReportMetric(s1.sub(s0).runPct(elapsed), "cpu-%-schedstat")
+			if fpid != 0 {
+				if f1.runNS == 0 {
+					b.Fatalf("floor program %d not measured", fpid)
+				}
+				b.ReportMetric(f1.sub(f0).tickPct(elapsed), "floor-cpu-%")
+				b.ReportMetric(f1.sub(f0).runPct(elapsed), "floor-cpu-%-schedstat")
+				b.ReportMetric(float64(s1.runNS-s0.runNS)/float64(f1.runNS-f0.runNS), "ratio-schedstat")
+				if ft := f1.ticks - f0.ticks; ft > 0 {
+					b.ReportMetric(float64(s1.ticks-s0.ticks)/float64(ft), "ratio-ticks")
+				}
+			}
+			b.ReportMetric(0, "ns/op")
 		})
 	}
 }
 
+// buildFloor compiles testdata/pollfloor.c with the machine's C compiler.
+func buildFloor(b *testing.B) string {
+	b.Helper()
+	cc := os.Getenv("CC")
+	if cc == "" {
+		cc = "cc"
+	}
+	out := filepath.Join(b.TempDir(), "pollfloor")
+	if msg, err := exec.Command(cc, "-O2", "-o", out, "testdata/pollfloor.c").CombinedOutput(); err != nil {
+		b.Fatalf("building the floor program with %s: %v\n%s", cc, err, msg)
+	}
+	return out
+}
+
+// cpuUse is a process's CPU time so far.
+type cpuUse struct {
+	ticks uint64 // utime+stime, USER_HZ ticks
+	runNS uint64 // summed schedstat run time of every thread
+}
+
+func (a cpuUse) sub(b cpuUse) cpuUse { return cpuUse{a.ticks - b.ticks, a.runNS - b.runNS} }
+
+func (a cpuUse) tickPct(d time.Duration) float64 {
+	const clkTck = 100 // USER_HZ on Linux
+	return 100 * float64(a.ticks) / clkTck / d.Seconds()
+}
+
+func (a cpuUse) runPct(d time.Duration) float64 { return 100 * float64(a.runNS) / float64(d) }
+
 // cpuTime returns utime+stime in clock ticks and the summed on-CPU time of
 // every thread in ns.
-func cpuTime(pid int) (ticks uint64, runNS uint64, err error) {
+func cpuTime(pid int) (cpuUse, error) {
+	var u cpuUse
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, 0, err
+		return u, err
 	}
 	fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
 	// Fields after comm start at field 3; utime and stime are 14 and 15.
 	for _, f := range fields[11:13] {
 		v, err := strconv.ParseUint(f, 10, 64)
 		if err != nil {
-			return 0, 0, err
+			return u, err
 		}
-		ticks += v
+		u.ticks += v
 	}
 	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
 	if err != nil {
-		return 0, 0, err
+		return u, err
 	}
 	for _, t := range tasks {
 		b, err := os.ReadFile(t)
@@ -209,10 +312,10 @@ func cpuTime(pid int) (ticks uint64, runNS uint64, err error) {
 		}
 		if f := strings.Fields(string(b)); len(f) > 0 {
 			v, _ := strconv.ParseUint(f[0], 10, 64)
-			runNS += v
+			u.runNS += v
 		}
 	}
-	return ticks, runNS, nil
+	return u, nil
 }
 
 // BenchmarkSidecarPeakRSSUpload reports the sidecar's peak RSS (VmHWM) while

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -37,20 +38,33 @@ func (r *podRun) expectFinalHeap(t *testing.T, fn string) {
 	checkFinalHeap(t, st, m, fn)
 }
 
+// TestOOMKillLeavesFinalHeapProfile runs every shape with kernel
+// notifications (a writable cgroup view) and with polling only (read-only,
+// as in every real pod).
 func TestOOMKillLeavesFinalHeapProfile(t *testing.T) {
-	for _, tt := range shapes {
-		t.Run(tt.shape, func(t *testing.T) {
-			r := startPod(t, podOptions{shape: tt.shape, appArgs: tt.args})
-			r.expectFinalHeap(t, tt.fn)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if code, err := r.app.Wait(ctx); err != nil || code != 137 {
-				t.Errorf("app exit code %d (%v), want 137 (SIGKILL by the OOM killer)", code, err)
-			}
-			if r.sidecar.ExitCode() != -1 {
-				t.Errorf("sidecar exited with %d; it must outlive the app's OOM kill", r.sidecar.ExitCode())
-			}
-		})
+	for _, mode := range []struct {
+		name     string
+		readOnly bool
+	}{{"notify", false}, {"polling", true}} {
+		for _, tt := range shapes {
+			t.Run(mode.name+"/"+tt.shape, func(t *testing.T) {
+				testShape(t, podOptions{shape: tt.shape, appArgs: tt.args, readOnlyCG: mode.readOnly}, tt.fn)
+			})
+		}
+	}
+}
+
+// testShape runs one pod to the app's OOM kill and checks the final capture.
+func testShape(t *testing.T, o podOptions, fn string) {
+	r := startPod(t, o)
+	r.expectFinalHeap(t, fn)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if code, err := r.app.Wait(ctx); err != nil || code != 137 {
+		t.Errorf("app exit code %d (%v), want 137 (SIGKILL by the OOM killer)", code, err)
+	}
+	if r.sidecar.ExitCode() != -1 {
+		t.Errorf("sidecar exited with %d; it must outlive the app's OOM kill", r.sidecar.ExitCode())
 	}
 }
 
@@ -106,6 +120,25 @@ func TestAwkwardTargets(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := startPod(t, tt.o)
+			r.expectFinalHeap(t, "main.leakLinear")
+		})
+	}
+}
+
+// startWithSidecar is a pod whose app starts leaking at once, started at the
+// same moment as the sidecar: its exec chain (nsenter, unshare, sh, the app,
+// all under one PID) runs while the sidecar makes its first scans, the
+// window in which a sidecar that cached an empty command line lost the app
+// for good.
+var startWithSidecar = podOptions{shape: "linear", appArgs: []string{"-rate", "60", "-delay", "0s"}}
+
+// TestAppStartsWithSidecar runs that pod to its OOM kill several times;
+// every kill must leave a final heap profile (BenchmarkAppStartsWithSidecar
+// runs it more often).
+func TestAppStartsWithSidecar(t *testing.T) {
+	for i := range 12 {
+		t.Run(strconv.Itoa(i), func(t *testing.T) {
+			r := startPod(t, startWithSidecar)
 			r.expectFinalHeap(t, "main.leakLinear")
 		})
 	}

@@ -46,6 +46,7 @@ type Metrics struct {
 	spoolDrops     prometheus.Counter
 	spoolDropBytes prometheus.Counter
 	detection      prometheus.Histogram
+	unwatched      *prometheus.GaugeVec
 }
 
 // New registers every metric in a new registry, with the Go and process
@@ -100,9 +101,13 @@ func New() *Metrics {
 			Help:    "Time from a trigger condition being seen to the profile fetch starting.",
 			Buckets: []float64{0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1},
 		}),
+		unwatched: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "heapwatch_unwatched_containers",
+			Help: "Containers of the pod the sidecar does not watch (1 each), by reason: no-limit, not-in-watch-list, permission-denied, cgroup-unreadable.",
+		}, []string{"container", "reason"}),
 	}
 	for _, c := range []prometheus.Collector{m.usageRatio, m.usageBytes, m.captures, m.suppressed, m.oomKills,
-		m.uploads, m.uploadFailures, m.spoolBytes, m.spoolDrops, m.spoolDropBytes, m.detection,
+		m.uploads, m.uploadFailures, m.spoolBytes, m.spoolDrops, m.spoolDropBytes, m.detection, m.unwatched,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
@@ -120,6 +125,18 @@ func (m *Metrics) Usage(container string, workingSet, usage, limit uint64) {
 	}
 	m.usageRatio.WithLabelValues(container).Set(ratio)
 	m.usageBytes.WithLabelValues(container).Set(float64(workingSet))
+}
+
+// SetUnwatched replaces the set of containers not watched: reason by
+// container name.
+func (m *Metrics) SetUnwatched(reasons map[string]string) {
+	if m == nil {
+		return
+	}
+	m.unwatched.Reset()
+	for container, reason := range reasons {
+		m.unwatched.WithLabelValues(container, reason).Set(1)
+	}
 }
 
 // Capture counts one capture attempt's outcome.

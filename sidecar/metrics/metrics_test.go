@@ -22,6 +22,7 @@ func TestNilMetricsIsANoOp(t *testing.T) {
 	m.UploadFailed()
 	m.SpoolBytes(1)
 	m.SpoolDropped(1)
+	m.SetUnwatched(map[string]string{"app": "no-limit"})
 }
 
 func TestServeExposesMetrics(t *testing.T) {
@@ -31,6 +32,8 @@ func TestServeExposesMetrics(t *testing.T) {
 	m.Suppressed("app", "threshold-75", "cooldown")
 	m.DetectionLatency(700 * time.Microsecond)
 	m.SpoolDropped(4096)
+	m.SetUnwatched(map[string]string{"gone": "no-limit"})
+	m.SetUnwatched(map[string]string{"db": "permission-denied"}) // replaces the set
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -67,11 +70,15 @@ func TestServeExposesMetrics(t *testing.T) {
 		`heapwatch_detection_latency_seconds_bucket{le="0.001"} 1`,
 		`heapwatch_detection_latency_seconds_bucket{le="0.0005"} 0`,
 		`heapwatch_spool_dropped_bytes_total 4096`,
+		`heapwatch_unwatched_containers{container="db",reason="permission-denied"} 1`,
 		`go_goroutines`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+	if strings.Contains(body, `container="gone"`) {
+		t.Errorf("/metrics still has the unwatched container of a replaced set")
 	}
 }
 

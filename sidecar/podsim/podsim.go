@@ -252,11 +252,18 @@ func (p *Pod) startInit(ctx context.Context) error {
 
 // containerScript runs inside the container's new mount namespace: it
 // mounts the container's cgroup as /sys/fs/cgroup/memory, moves itself into
-// it and execs the command ($1 is the group, $2 "ro" or "rw").
+// it and execs the command ($1 is the group, $2 "ro" or "rw"). The view is
+// complete (read-only if asked) before the process joins the group, as a
+// runtime mounts a container's cgroupfs: a watcher that finds the process
+// in its group must not see a view about to be remounted (a remount fails
+// with EBUSY while anything writes through the view). The group is joined
+// through a descriptor opened on the host path before the bind mount.
 const containerScript = `set -e
+exec 3> "$1/cgroup.procs"
 mount --bind "$1" /sys/fs/cgroup/memory
-echo $$ > /sys/fs/cgroup/memory/cgroup.procs
 if [ "$2" = ro ]; then mount -o remount,bind,ro /sys/fs/cgroup/memory; fi
+echo $$ >&3
+exec 3>&-
 shift 2
 exec "$@"`
 

@@ -50,9 +50,9 @@ func TestStatFixtures(t *testing.T) {
 		pid  int
 		want Stat
 	}{
-		{1, Stat{PID: 1, Comm: "pause", State: 'S', PPID: 0, StartTime: 100}},
-		{100, Stat{PID: 100, Comm: "leaky", State: 'S', PPID: 0, StartTime: 6000}},
-		{200, Stat{PID: 200, Comm: "we (ird) name", State: 'S', PPID: 1, StartTime: 7000}},
+		{1, Stat{PID: 1, Comm: "pause", State: 'S', PPID: 0, Flags: 4194560, StartTime: 100}},
+		{100, Stat{PID: 100, Comm: "leaky", State: 'S', PPID: 0, Flags: 4194560, StartTime: 6000}},
+		{200, Stat{PID: 200, Comm: "we (ird) name", State: 'S', PPID: 1, Flags: 4194560, StartTime: 7000}},
 	}
 	for _, tt := range tests {
 		got, err := f.Proc(tt.pid).Stat()
@@ -346,5 +346,24 @@ func TestRealListeningPorts(t *testing.T) {
 				t.Errorf("pid 1 reported our listener %+v", l)
 			}
 		}
+	}
+}
+
+func TestStatKernelThread(t *testing.T) {
+	for _, tt := range []struct {
+		line string
+		want bool
+	}{
+		{"2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 10 0 0", true},
+		{"77 (app) R 1 77 77 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 10 0 0", false},
+	} {
+		s, err := ParseStat(strings.NewReader(tt.line))
+		if err != nil || s.KernelThread() != tt.want {
+			t.Errorf("%q: KernelThread %v, %v; want %v", tt.line, s.KernelThread(), err, tt.want)
+		}
+	}
+	st, err := ParseStat(strings.NewReader("1 (x) S 0 0 0 0 -1 notanumber 0 0 0 0 0 0 0 0 20 0 1 0 10 0 0"))
+	if !errors.Is(err, ErrMalformed) {
+		t.Errorf("bad flags: %+v, %v; want ErrMalformed", st, err)
 	}
 }

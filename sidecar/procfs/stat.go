@@ -17,6 +17,8 @@ type Stat struct {
 	Comm  string
 	State byte
 	PPID  int
+	// Flags is the kernel's per-task flags word (PF_*).
+	Flags uint64
 	// StartTime is in clock ticks since boot; (PID, StartTime) identifies a
 	// process across PID reuse.
 	StartTime uint64
@@ -64,11 +66,22 @@ func ParseStat(r io.Reader) (Stat, error) {
 	if s.PPID, err = strconv.Atoi(rest[1]); err != nil {
 		return Stat{}, fmt.Errorf("stat: ppid %q: %w", rest[1], ErrMalformed)
 	}
+	if s.Flags, err = strconv.ParseUint(rest[6], 10, 64); err != nil {
+		return Stat{}, fmt.Errorf("stat: flags %q: %w", rest[6], ErrMalformed)
+	}
 	if s.StartTime, err = strconv.ParseUint(rest[19], 10, 64); err != nil {
 		return Stat{}, fmt.Errorf("stat: starttime %q: %w", rest[19], ErrMalformed)
 	}
 	return s, nil
 }
+
+// pfKthread is PF_KTHREAD of include/linux/sched.h.
+const pfKthread = 0x00200000
+
+// KernelThread reports a kernel thread, from its PF_KTHREAD flag: a fact
+// fixed for the task's life, unlike an empty command line (which a live
+// process also shows while it is inside execve).
+func (s Stat) KernelThread() bool { return s.Flags&pfKthread != 0 }
 
 // Comm reads /proc/<pid>/comm without the trailing newline.
 func (p Proc) Comm() (string, error) {
@@ -80,7 +93,8 @@ func (p Proc) Comm() (string, error) {
 }
 
 // Cmdline reads the NUL-separated argument vector. Kernel threads and
-// zombies have an empty one.
+// zombies have an empty one, and so has a live process for a moment while
+// it is inside execve.
 func (p Proc) Cmdline() ([]string, error) {
 	b, err := readCapped(p.Path("cmdline"), smallCap)
 	if err != nil {

@@ -73,3 +73,21 @@ func TestPeakRSSOfThisProcess(t *testing.T) {
 		t.Errorf("peak RSS of sleep = %d, %v; want between 0 and 16 MiB", small, err)
 	}
 }
+
+func TestParseEffectiveUID(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want int
+		ok   bool
+	}{
+		{"Name:\tapp\nUid:\t1000\t1001\t1000\t1000\nGid:\t0\t0\t0\t0\n", 1001, true},
+		{"Name:\tapp\n", 0, false},
+		{"Uid:\t1000\n", 0, false},
+		{"Uid:\t1000\tx\t0\t0\n", 0, false},
+	} {
+		got, err := ParseEffectiveUID(strings.NewReader(tt.in))
+		if tt.ok && (err != nil || got != tt.want) || !tt.ok && !errors.Is(err, ErrMalformed) {
+			t.Errorf("%q: %d, %v; want %d (ok %v)", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}

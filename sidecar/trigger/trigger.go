@@ -228,6 +228,10 @@ func New(o Options) *Trigger {
 	return t
 }
 
+// SetIdleInterval changes Options.IdleInterval, keeping every other state:
+// for a caller whose kernel notifications stopped.
+func (t *Trigger) SetIdleInterval(d time.Duration) { t.o.IdleInterval = d }
+
 // Observe feeds one sample and returns what to do. At most one capture is
 // requested per observation: shipped triggers (threshold, absolute,
 // predictive) take precedence over a held growth capture, and any capture

@@ -262,6 +262,11 @@ func TestNextInterval(t *testing.T) {
 	if iv := tr.NextInterval(); iv != time.Second {
 		t.Errorf("steady far from levels: %v, want IdleInterval", iv)
 	}
+	tr.SetIdleInterval(0) // the notifications stopped
+	if iv := tr.NextInterval(); iv != 100*time.Millisecond {
+		t.Errorf("steady, IdleInterval cleared: %v, want the base interval", iv)
+	}
+	tr.SetIdleInterval(time.Second)
 	tr.Observe(clk.at(200*time.Millisecond), 11*mib, limit) // 1 MiB in 100 ms: 10 %/s
 	if iv := tr.NextInterval(); iv != 100*time.Millisecond {
 		t.Errorf("growing: %v, want the base interval", iv)

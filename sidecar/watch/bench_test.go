@@ -2,6 +2,7 @@ package watch
 
 import (
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"syscall"
@@ -20,11 +21,8 @@ func (nopHandler) Capture(Event)                          {}
 func (nopHandler) OOMKilled(Container, time.Time, Sample) {}
 func (nopHandler) Suppressed(Container, string, string)   {}
 
-// BenchmarkTick is the cost of one sampling tick of a watched container:
-// sample the cgroup (pread of usage, limit, memory.stat, oom_control,
-// max_usage), run the trigger, check the processes are alive. The cgroup is
-// this process's own real v1 memory cgroup.
-func BenchmarkTick(b *testing.B) {
+// selfCgroup is the real /proc and this process's own memory cgroup.
+func selfCgroup(b *testing.B) (procfs.FS, string) {
 	fsys, err := procfs.NewFS("/proc")
 	if err != nil {
 		b.Fatal(err)
@@ -33,18 +31,24 @@ func BenchmarkTick(b *testing.B) {
 	if err != nil {
 		b.Skipf("no memory cgroup: %v", err)
 	}
+	return fsys, dir
+}
+
+// BenchmarkTick is the cost of one sampling tick of a watched container:
+// sample the cgroup (raw preads of usage, limit and oom_control; memory.stat
+// and max_usage at most once a second), run the trigger, check the processes are alive. The cgroup is
+// this process's own real v1 memory cgroup.
+func BenchmarkTick(b *testing.B) {
+	fsys, dir := selfCgroup(b)
 	mem, err := cgroup.Open(dir)
 	if err != nil {
 		b.Fatal(err)
 	}
 	mem.SetStatRefresh(time.Second, 1<<20) // as the watcher does
-	n, err := mem.Notify()
-	if err != nil {
-		b.Fatal(err)
-	}
+	n := mem.Notify()
 	w := New(Options{Trigger: trigger.Options{Thresholds: []float64{90}, Absolute: 1 << 50}}, fsys, nopHandler{}, nil)
 	c := &watched{w: w, mem: mem, notifier: n, trig: trigger.New(w.o.Trigger),
-		c: Container{Name: "self", PIDs: []int{os.Getpid()}}, pidsChanged: make(chan struct{}, 1)}
+		c: Container{Name: "self", PIDs: []int{os.Getpid()}}, stop: make(chan struct{})}
 	defer c.close()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -223,4 +227,35 @@ func pct(d []time.Duration, p int) float64 {
 	slices.Sort(s)
 	i := (len(s)*p + 99) / 100
 	return float64(s[max(i-1, 0)].Microseconds())
+}
+
+// BenchmarkDiscoveryProbe compares ways to notice a new process at every
+// tick: the probe (/proc/loadavg's last PID), /proc/sys/kernel/ns_last_pid,
+// a cgroup.procs file (the pod cgroup's would do, where it is visible) and
+// listing /proc (what the periodic rescan does, without reading any
+// process's files).
+func BenchmarkDiscoveryProbe(b *testing.B) {
+	fsys, dir := selfCgroup(b)
+	for _, path := range []string{"/proc/loadavg", "/proc/sys/kernel/ns_last_pid", dir + "/cgroup.procs"} {
+		b.Run(filepath.Base(path), func(b *testing.B) {
+			f, err := cgroup.OpenRaw(path)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer f.Close()
+			buf := make([]byte, 64<<10)
+			for b.Loop() {
+				if _, err := f.Pread(buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+	b.Run("list /proc", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := fsys.PIDs(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -1,12 +1,17 @@
 package watch
 
 import (
-	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/heapwatch/heapwatch/sidecar/cgroup"
 	"github.com/heapwatch/heapwatch/sidecar/trigger"
@@ -26,30 +31,50 @@ const (
 // errNoProcesses ends a container's loop when its processes are gone.
 var errNoProcesses = errors.New("no processes left in the container")
 
-// watched is one container's loop and state.
+// aliveEvery is how often an idle container's processes are checked
+// for exits (its sampling interval otherwise; a rescan that misses them,
+// or a poke, checks at once).
+const aliveEvery = time.Second
+
+// watched is one container's state, sampled by the sampler.
 type watched struct {
-	w           *Watcher
-	mem         *cgroup.Memory
-	notifier    *cgroup.Notifier
-	trig        *trigger.Trigger
-	key         string
-	pidsChanged chan struct{}
+	w        *Watcher
+	s        *sampler
+	mem      *cgroup.Memory
+	notifier *cgroup.Notifier
+	trig     *trigger.Trigger
+	key      string
+	// due makes the sampler take a sample at its next pass (a poke, a
+	// kernel notice); stop ends the notice forwarder.
+	due  atomic.Bool
+	stop chan struct{}
 
 	mu   sync.Mutex
-	c    Container
+	c    Container // c.PIDs is replaced, never modified in place
 	last Sample
-
-	// Owned by the loop.
-	prev        Sample
-	oomKills    uint64
-	lastKill    time.Time
-	levelsFor   uint64
-	haveLevels  bool
+	// notice is the earliest unhandled kernel notice, if any; urgentUntil
+	// follows an OOM notice.
+	notice      time.Time
 	urgentUntil time.Time
-	errLogged   string
+
+	// Owned by the sampler.
+	next       time.Time
+	prev       Sample
+	oomKills   uint64
+	lastKill   time.Time
+	levelsFor  uint64
+	haveLevels bool
+	aliveAt    time.Time
+	checkAlive bool
+	errLogged  string
 }
 
-func (c *watched) container() Container { return c.status().Container }
+// container is the current state; its PIDs must not be modified.
+func (c *watched) container() Container {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.c
+}
 
 func (c *watched) status() Status {
 	c.mu.Lock()
@@ -62,53 +87,73 @@ func (c *watched) status() Status {
 func (c *watched) setPIDs(pids []int) {
 	c.mu.Lock()
 	changed := !slices.Equal(c.c.PIDs, pids)
-	c.c.PIDs = pids
+	if changed {
+		c.c.PIDs = pids
+	}
 	c.mu.Unlock()
 	if changed {
 		c.poke()
 	}
 }
 
-// poke makes the loop sample and check its processes at once.
+// poke makes the sampler sample the container and check its processes at
+// once.
 func (c *watched) poke() {
-	select {
-	case c.pidsChanged <- struct{}{}:
-	default:
-	}
+	c.mu.Lock()
+	c.checkAlive = true
+	c.mu.Unlock()
+	c.due.Store(true)
+	c.s.kick()
 }
 
-func (c *watched) close() {
-	c.notifier.Close()
-	c.mem.Close()
-}
-
-// run samples at the trigger's adaptive interval and at every kernel
-// notice until the container's processes or cgroup are gone.
-func (c *watched) run(ctx context.Context) error {
-	timer := time.NewTimer(0)
-	defer timer.Stop()
+// forward turns the notifier's notices into immediate samples. It runs only
+// when a notice comes, never per sample.
+func (c *watched) forward() {
 	for {
-		var detected time.Time
 		select {
-		case <-ctx.Done():
-			return ctx.Err()
+		case <-c.stop:
+			return
 		case n := <-c.notifier.C():
-			detected = n.At
+			c.mu.Lock()
+			if c.notice.IsZero() {
+				c.notice = n.At
+			}
 			if n.Kind == cgroup.NoticeOOM || n.Kind == cgroup.NoticeEvents {
 				c.urgentUntil = n.At.Add(urgentFor)
 			}
-		case <-timer.C:
-		case <-c.pidsChanged:
+			c.mu.Unlock()
+			c.due.Store(true)
+			c.s.kick()
 		}
-		if err := c.tick(detected); err != nil {
-			return err
-		}
-		iv := c.trig.NextInterval()
-		if time.Now().Before(c.urgentUntil) {
-			iv = min(iv, urgentInterval)
-		}
-		timer.Reset(iv)
 	}
+}
+
+// takeNotice returns and clears the time of the pending kernel notice (zero
+// when the sample is a timed one).
+func (c *watched) takeNotice() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	at := c.notice
+	c.notice = time.Time{}
+	return at
+}
+
+// interval is the time to the container's next sample.
+func (c *watched) interval() time.Duration {
+	iv := c.trig.NextInterval()
+	c.mu.Lock()
+	urgent := time.Now().Before(c.urgentUntil)
+	c.mu.Unlock()
+	if urgent {
+		iv = min(iv, urgentInterval)
+	}
+	return iv
+}
+
+func (c *watched) close() {
+	close(c.stop)
+	c.notifier.Close()
+	c.mem.Close()
 }
 
 // tick takes one sample and acts on it.
@@ -142,18 +187,27 @@ func (c *watched) tick(detected time.Time) error {
 		c.w.log.Warn("container OOM-killed", "container", ct.Name, "oomKills", s.OOMKills, "lastUsage", c.prev.Usage, "limit", c.prev.Limit)
 		h.OOMKilled(ct, s.Time, c.prev)
 	}
-	if !c.haveLevels || s.Limit != c.levelsFor {
+	registered := !c.haveLevels || s.Limit != c.levelsFor
+	if registered {
 		c.haveLevels, c.levelsFor = true, s.Limit
 		if err := c.notifier.SetThresholds(c.w.o.Trigger.Levels(s.Limit)); err != nil {
 			c.w.log.Warn("register memory thresholds", "container", ct.Name, "err", err)
 		}
-		if mode := c.notifier.Mode(); mode != ct.Notify {
-			c.mu.Lock()
-			c.c.Notify = mode
-			c.mu.Unlock()
-			ct.Notify = mode
-			c.trig = trigger.New(c.w.triggerFor(mode)) // no idle stretching without notifications
+	}
+	// A notifier that could not register, or stopped (NoticeFailed), is in
+	// poll mode: sample at the normal interval from now on, never stretched.
+	if mode := c.notifier.Mode(); mode != ct.Notify {
+		c.mu.Lock()
+		c.c.Notify = mode
+		c.mu.Unlock()
+		was := ct.Notify
+		ct.Notify = mode
+		c.trig.SetIdleInterval(c.w.triggerFor(mode).IdleInterval)
+		if registered { // the registration was refused: a read-only view
 			c.w.logPollOnce(ct, c.notifier.Reason())
+		} else {
+			c.w.log.Warn("kernel memory notifications stopped; sampling at the normal interval", "container", ct.Name,
+				"was", string(was), "reason", c.notifier.Reason())
 		}
 	}
 	// The working set, not raw usage, is compared: page cache near the
@@ -177,9 +231,16 @@ func (c *watched) tick(detected time.Time) error {
 		h.Capture(Event{Container: ct, Sample: s, Kind: d.Kind, Reason: d.Reason, Hold: d.Hold,
 			Suppressed: d.Suppressed, DetectedAt: detected, Stat: stat, Pressure: pressure})
 	}
-	if !c.alive(ct.PIDs) {
-		c.processesGone(time.Now())
-		return errNoProcesses
+	c.mu.Lock()
+	check := c.checkAlive || s.Time.Sub(c.aliveAt) >= aliveEvery
+	c.checkAlive = false
+	c.mu.Unlock()
+	if check {
+		c.aliveAt = s.Time
+		if !c.alive(ct.PIDs) {
+			c.processesGone(time.Now())
+			return errNoProcesses
+		}
 	}
 	return nil
 }
@@ -187,11 +248,24 @@ func (c *watched) tick(detected time.Time) error {
 // alive reports whether any of the container's processes still exists.
 func (c *watched) alive(pids []int) bool {
 	for _, pid := range pids {
-		if c.w.fs.Proc(pid).Exists() {
+		if exists(c.w.fs.Proc(pid).Path()) {
 			return true
 		}
 	}
 	return false
+}
+
+// exists is a raw access(2) F_OK: see cgroup.RawFile for why raw.
+func exists(path string) bool {
+	var buf [256]byte
+	if len(path) >= len(buf) {
+		_, err := os.Stat(path)
+		return err == nil
+	}
+	copy(buf[:], path)
+	cwd := unix.AT_FDCWD
+	_, _, e := syscall.RawSyscall6(syscall.SYS_FACCESSAT, uintptr(cwd), uintptr(unsafe.Pointer(&buf[0])), unix.F_OK, 0, 0, 0)
+	return e == 0
 }
 
 // processesGone ends the container: a kill the counter shows now is

@@ -3,7 +3,9 @@ package watch
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -128,5 +130,50 @@ func TestFixtureVanishedNearLimit(t *testing.T) {
 	waitFor(t, 5*time.Second, "the app to be dropped", func() bool { _, ok := find(w, "app"); return !ok })
 	if _, k := rec.snapshot(); len(k) != 1 || k[0].last.Usage != 95*mib || k[0].c.Name != "app" {
 		t.Errorf("kills %+v, want one inferred kill with the last sample", k)
+	}
+}
+
+// TestFixtureUnwatchedReported: a container the sidecar does not watch is
+// reported once, with its reason, after two scans agree (a process seen
+// between fork and its cgroup is not reported), and dropped from the report
+// once it is watched.
+func TestFixtureUnwatchedReported(t *testing.T) {
+	root, cg := v2Pod(t)
+	if err := os.WriteFile(filepath.Join(cg, "memory.max"), []byte("max\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fsys, err := procfs.NewFS(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var calls [][]Unwatched
+	w := New(Options{Rescan: 50 * time.Millisecond, Trigger: trigger.Options{Thresholds: []float64{75}},
+		OnUnwatched: func(u []Unwatched) {
+			mu.Lock()
+			defer mu.Unlock()
+			calls = append(calls, u)
+		}}, fsys, &recorder{}, testLogger(t))
+	startWatcher(t, w)
+	waitFor(t, 5*time.Second, "the unlimited app to be reported", func() bool { return len(w.Unwatched()) == 1 })
+	if u := w.Unwatched()[0]; u.Container != "app" || u.Reason != ReasonNoLimit || !slices.Equal(u.PIDs, []int{20}) {
+		t.Fatalf("reported %+v, want app with reason %s", u, ReasonNoLimit)
+	}
+	time.Sleep(200 * time.Millisecond) // more scans: no second report
+	mu.Lock()
+	if len(calls) != 1 {
+		t.Errorf("OnUnwatched called %d times for one unwatched container, want once: %+v", len(calls), calls)
+	}
+	mu.Unlock()
+	// A limit set later is picked up: nothing was cached.
+	if err := os.WriteFile(filepath.Join(cg, "memory.max"), []byte(strconv.Itoa(100*mib)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the app to be watched once it has a limit", func() bool { _, ok := find(w, "app"); return ok })
+	waitFor(t, 5*time.Second, "the report to be cleared", func() bool { return len(w.Unwatched()) == 0 })
+	mu.Lock()
+	defer mu.Unlock()
+	if last := calls[len(calls)-1]; len(last) != 0 {
+		t.Errorf("last OnUnwatched %+v, want an empty list", last)
 	}
 }

@@ -74,8 +74,11 @@ type Options struct {
 	Trigger trigger.Options
 	// Containers limits watching to these names; empty watches all.
 	Containers []string
-	// Rescan is how often the process list is re-read (default 1 s); it
-	// is also re-read at once when a container's processes vanish.
+	// Rescan is how often the whole process list is re-read when nothing
+	// asks for it (default 10 s; at most 1 s without the discovery probe).
+	// It is re-read at once, and then at every interval for a second, when
+	// a new process appears (the probe, read at every interval) or a
+	// container's processes vanish.
 	Rescan time.Duration
 	// IdleInterval is the sampling interval of a steady container far from
 	// any level when kernel threshold notifications (v1 eventfd) are
@@ -84,9 +87,18 @@ type Options struct {
 	// still seen within one Rescan.
 	IdleInterval time.Duration
 	// OnSample, if set, is called with every sample (for metrics); it
-	// must be cheap.
+	// must be cheap. It is called from Container-by-Container sampling in
+	// one goroutine (watched.tick): the one place a sample is produced.
 	OnSample func(c Container, s Sample)
+	// OnUnwatched, if set, is called with the containers not watched
+	// whenever that list changes (for metrics).
+	OnUnwatched func([]Unwatched)
 }
+
+const (
+	defaultRescan   = 10 * time.Second
+	defaultInterval = 100 * time.Millisecond // trigger.Options' default
+)
 
 // Status is a container's latest state, for metrics and debugging.
 type Status struct {
@@ -101,22 +113,27 @@ type Watcher struct {
 	h   Handler
 	log *slog.Logger
 
-	rescan chan struct{}
+	rescan   chan struct{}
+	interval time.Duration // the trigger's base sampling interval
+	sampler  *sampler
 
 	mu         sync.Mutex
 	containers map[string]*watched // by cgroup key
 	pollLogged bool
 
 	// Owned by the Run goroutine.
-	procs   map[int]procEntry
-	ignored map[string]bool // cgroup keys not watched (filtered, no limit)
-	failed  map[string]bool // cgroup keys whose cgroup could not be opened (logged)
+	procs     map[int]procEntry
+	unnamed   map[string]bool      // cgroup keys seen once without a readable name
+	firstSeen map[string]time.Time // when each not yet watched cgroup key was first seen
+	pending   map[string]Unwatched // the last scan's verdicts, by cgroup key
+
+	reported map[string]Unwatched // under mu
 }
 
 // New returns a Watcher reading processes from fs.
 func New(o Options, fs procfs.FS, h Handler, log *slog.Logger) *Watcher {
 	if o.Rescan <= 0 {
-		o.Rescan = time.Second
+		o.Rescan = defaultRescan
 	}
 	if o.IdleInterval <= 0 {
 		o.IdleInterval = 2 * time.Second
@@ -124,8 +141,12 @@ func New(o Options, fs procfs.FS, h Handler, log *slog.Logger) *Watcher {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Watcher{o: o, fs: fs, h: h, log: log, rescan: make(chan struct{}, 1),
-		containers: map[string]*watched{}, procs: map[int]procEntry{}, ignored: map[string]bool{}, failed: map[string]bool{}}
+	interval := o.Trigger.Interval
+	if interval <= 0 {
+		interval = defaultInterval
+	}
+	return &Watcher{o: o, fs: fs, h: h, log: log, rescan: make(chan struct{}, 1), interval: interval,
+		containers: map[string]*watched{}, procs: map[int]procEntry{}, unnamed: map[string]bool{}, firstSeen: map[string]time.Time{}, reported: map[string]Unwatched{}}
 }
 
 // Run watches until ctx is done. It fails only if the process list cannot
@@ -134,21 +155,56 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if _, err := w.fs.PIDs(); err != nil {
 		return err
 	}
+	s, err := newSampler(w)
+	if err != nil {
+		return err
+	}
+	w.sampler = s
+	probe := newProbe(w.fs.Root())
+	defer probe.close()
+	rescan := w.o.Rescan
+	if !probe.ok() {
+		rescan = min(rescan, time.Second)
+	}
 	var wg sync.WaitGroup
-	defer wg.Wait()
-	t := time.NewTicker(w.o.Rescan)
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		s.run(probe)
+	}()
+	defer func() {
+		s.close()
+		<-sampled
+		wg.Wait()
+	}()
+	t := time.NewTimer(rescan)
 	defer t.Stop()
+	// After a new process shows up, scan at every interval for a while: it
+	// may join its cgroup, or finish its exec, a moment after it is seen.
+	var settleUntil time.Time
 	for ctx.Err() == nil {
-		w.scan(ctx, &wg)
+		if w.scan(&wg) {
+			settleUntil = time.Now().Add(settleFor)
+		}
+		next := rescan
+		if time.Now().Before(settleUntil) {
+			next = w.interval
+		}
+		t.Reset(next)
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		case <-w.rescan:
+			settleUntil = time.Now().Add(settleFor)
 		}
 	}
 	return nil
 }
+
+// settleFor is how long the watcher keeps scanning at every interval after
+// a new process or a lost container.
+const settleFor = time.Second
 
 // Snapshot returns the latest state of every watched container.
 func (w *Watcher) Snapshot() []Status {

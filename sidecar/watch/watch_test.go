@@ -272,3 +272,79 @@ func TestRealDiscovery(t *testing.T) {
 		t.Errorf("a normal exit far below the limit was reported as a kill: %+v", kills)
 	}
 }
+
+// TestRealHeldInExec: a container whose process reads an empty
+// /proc/<pid>/cmdline while alive, as it does inside execve (runc init
+// exec'ing the entrypoint under the same PID), is watched all the same,
+// and stays watched through its real exec until the kernel OOM-kills it.
+// A watcher that took the empty command line for a kernel thread or a
+// zombie, and cached that, never watched it.
+func TestRealHeldInExec(t *testing.T) {
+	const limit = 64 * mib
+	name := uniqueName("wx")
+	app := cgrouptest.Start(t, name, limit, true, cgrouptest.Alloc{StepMiB: 2, Every: 20 * time.Millisecond, TotalMiB: 256, HeldInExec: true})
+	cmdline := func() string {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(app.PID) + "/cmdline")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Trim(string(b), "\x00")
+	}
+	waitFor(t, 5*time.Second, "the child to blank its command line", func() bool { return cmdline() == "" })
+	rec := &recorder{}
+	w := runWatcher(t, Options{Containers: []string{name}, Rescan: 100 * time.Millisecond,
+		Trigger: trigger.Options{Thresholds: []float64{50}, Interval: 100 * time.Millisecond}}, rec)
+	waitFor(t, 5*time.Second, "the held process to be watched", func() bool {
+		s, ok := find(w, name)
+		return ok && slices.Contains(s.Container.PIDs, app.PID)
+	})
+	if c := cmdline(); c != "" {
+		t.Fatalf("command line %q before the release: the test did not hold the process", c)
+	}
+	app.Go(t)
+	waitFor(t, 5*time.Second, "the exec", func() bool { return cmdline() != "" })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if code, err := app.Container.Wait(ctx); err != nil || code != 128+int(syscall.SIGKILL) {
+		t.Fatalf("app exit %d, %v; want an OOM kill", code, err)
+	}
+	waitFor(t, 5*time.Second, "OOMKilled", func() bool { _, k := rec.snapshot(); return len(k) > 0 })
+	caps, kills := rec.snapshot()
+	if len(kills) != 1 || kills[0].c.Name != name || !slices.ContainsFunc(caps, func(c capture) bool { return c.ev.Kind == "threshold-50" }) {
+		t.Fatalf("kills %+v, %d captures: want one kill and a threshold-50 capture", kills, len(caps))
+	}
+}
+
+// TestRealDiscoveryByProbe: with no container watched yet and no periodic
+// rescan to speak of, a container started in the pod after the watcher
+// settled is found through the discovery probe (the last PID moving),
+// within a second or so of joining its cgroup. The watcher reads the pod's
+// own /proc, so nothing else in it makes the watcher rescan.
+func TestRealDiscoveryByProbe(t *testing.T) {
+	if err := podsim.Supported(); err != nil {
+		t.Skipf("needs root and a writable cgroup v1 memory hierarchy: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pod, err := podsim.Start(ctx, podsim.Spec{Name: "probe"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := pod.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	fsys, err := procfs.NewFS("/proc/" + strconv.Itoa(pod.InitPID()) + "/root/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := uniqueName("wp")
+	w := startWatcher(t, New(Options{Rescan: time.Hour, Trigger: trigger.Options{Thresholds: []float64{90}, Interval: 100 * time.Millisecond}},
+		fsys, &recorder{}, testLogger(t)))
+	time.Sleep(1500 * time.Millisecond) // the first scans and their settling are over
+	if _, err := pod.Add(podsim.ContainerSpec{Name: name, Argv: []string{"sleep", "60"}, MemoryLimit: 64 * mib}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Second, "the container started after the watcher", func() bool { _, ok := find(w, name); return ok })
+}

@@ -18,8 +18,10 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/heapwatch/heapwatch/sidecar/podsim"
 )
@@ -30,29 +32,52 @@ const allocEnv = "HEAPWATCH_CGROUPTEST_ALLOC"
 // Every up to TotalMiB. With Cycle it then frees everything, waits Every×4
 // and starts again, forever. Before each step it prints the wall-clock
 // time in nanoseconds on stdout.
+//
+// With HeldInExec the child first stands for a process inside execve: it
+// zeroes its argument vector, so /proc/<pid>/cmdline reads empty while it
+// is alive (as between the old and the new image of an execve), and waits
+// for Go; then it really execs itself under the same PID and allocates.
 type Alloc struct {
-	StepMiB  int
-	Every    time.Duration
-	TotalMiB int
-	Cycle    bool
+	StepMiB    int
+	Every      time.Duration
+	TotalMiB   int
+	Cycle      bool
+	HeldInExec bool
 }
 
 func (a Alloc) String() string {
-	return fmt.Sprintf("%d,%v,%d,%v", a.StepMiB, a.Every, a.TotalMiB, a.Cycle)
+	return fmt.Sprintf("%d,%v,%d,%v,%v", a.StepMiB, a.Every, a.TotalMiB, a.Cycle, a.HeldInExec)
 }
 
 func parseAlloc(s string) (Alloc, string, error) {
 	f := strings.Split(s, ",")
-	if len(f) != 5 {
-		return Alloc{}, "", fmt.Errorf("alloc spec %q: want 5 fields", s)
+	if len(f) != 6 {
+		return Alloc{}, "", fmt.Errorf("alloc spec %q: want 6 fields", s)
 	}
 	var a Alloc
-	var errs [4]error
+	var errs [5]error
 	a.StepMiB, errs[0] = strconv.Atoi(f[0])
 	a.Every, errs[1] = time.ParseDuration(f[1])
 	a.TotalMiB, errs[2] = strconv.Atoi(f[2])
 	a.Cycle, errs[3] = strconv.ParseBool(f[3])
-	return a, f[4], errors.Join(errs[:]...)
+	a.HeldInExec, errs[4] = strconv.ParseBool(f[4])
+	return a, f[5], errors.Join(errs[:]...)
+}
+
+// blankArgv zeroes the process's argument vector in place: the kernel reads
+// /proc/<pid>/cmdline from that memory (arg_start..arg_end), and os.Args
+// point into it. The arguments are copied first.
+func blankArgv() []string {
+	args := make([]string, len(os.Args))
+	for i, a := range os.Args {
+		args[i] = strings.Clone(a)
+	}
+	for _, a := range os.Args {
+		if len(a) > 0 {
+			clear(unsafe.Slice(unsafe.StringData(a), len(a)))
+		}
+	}
+	return args
 }
 
 var hold [][]byte
@@ -69,11 +94,27 @@ func RunIfChild() {
 		fmt.Fprintln(os.Stderr, "cgrouptest:", spec, err)
 		os.Exit(2)
 	}
+	var args []string
+	if a.HeldInExec {
+		args = blankArgv()
+	}
 	for {
 		if _, err := os.Stat(goFile); err == nil {
 			break
 		}
 		time.Sleep(2 * time.Millisecond)
+	}
+	if a.HeldInExec {
+		a.HeldInExec = false
+		env := []string{allocEnv + "=" + a.String() + "," + goFile}
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, allocEnv+"=") {
+				env = append(env, kv)
+			}
+		}
+		err := syscall.Exec(args[0], args, env)
+		fmt.Fprintln(os.Stderr, "cgrouptest: exec:", err)
+		os.Exit(2)
 	}
 	out := bufio.NewWriter(os.Stdout)
 	for {
