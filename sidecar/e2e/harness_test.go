@@ -39,7 +39,7 @@ var sidecarBin, leakyBin, heapwatchBin string
 // unsupported says why pods cannot be emulated here; empty when they can.
 var unsupported string
 
-// binDirEnv names a directory holding prebuilt sidecar and leaky binaries:
+// binDirEnv names a directory holding prebuilt sidecar, leaky and heapwatch binaries:
 // the cgroup v2 run in a VM (sidecar/e2e/v2) has no Go toolchain inside.
 const binDirEnv = "HEAPWATCH_E2E_BIN"
 
@@ -74,7 +74,7 @@ func run(m *testing.M) int {
 		return m.Run()
 	}
 	if dir := os.Getenv(binDirEnv); dir != "" {
-		sidecarBin, leakyBin = filepath.Join(dir, "sidecar"), filepath.Join(dir, "leaky")
+		sidecarBin, leakyBin, heapwatchBin = filepath.Join(dir, "sidecar"), filepath.Join(dir, "leaky"), filepath.Join(dir, "heapwatch")
 		return m.Run()
 	}
 	dir, err := os.MkdirTemp("", "heapwatch-e2e-")

@@ -77,7 +77,7 @@ func powerOff() {
 // controllers in the root, as systemd does on a cgroup v2 node.
 func setup() error {
 	for _, m := range []struct{ fstype, dir string }{
-		{"proc", "/proc"}, {"sysfs", "/sys"}, {"devtmpfs", "/dev"}, {"tmpfs", "/tmp"}, {"tmpfs", "/run"},
+		{"proc", "/proc"}, {"sysfs", "/sys"}, {"devtmpfs", "/dev"}, {"tmpfs", "/dev/shm"}, {"tmpfs", "/tmp"}, {"tmpfs", "/run"},
 		{"cgroup2", "/sys/fs/cgroup"},
 	} {
 		if err := os.MkdirAll(m.dir, 0o755); err != nil {

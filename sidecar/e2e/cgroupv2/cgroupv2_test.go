@@ -14,7 +14,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -69,8 +71,8 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 // is tmpfs, which on 6.1 has no user xattrs for the posix backend.
 const vgwMeta = "/tmp/versitygw-meta"
 
-// bootSuiteVM builds the suites' test binaries, the sidecar, the leaky app
-// and a static versitygw, and boots a VM holding them.
+// bootSuiteVM builds the suites' test binaries, the sidecar, the leaky app,
+// the CLI and a static versitygw, and boots a VM holding them.
 func bootSuiteVM(tb testing.TB, log *lineWriter) (*vm.VM, time.Duration) {
 	tb.Helper()
 	ctx := tb.Context()
@@ -82,8 +84,11 @@ func bootSuiteVM(tb testing.TB, log *lineWriter) (*vm.VM, time.Duration) {
 		name := filepath.Base(s.pkg) + ".test"
 		files[guestDir+"/"+name] = filepath.Join(bins, name)
 		builds = append(builds, func() error { return vm.GoBuild(ctx, filepath.Join(bins, name), s.pkg, true) })
+		if err := addTestdata(files, s); err != nil {
+			tb.Fatal(err)
+		}
 	}
-	for name, pkg := range map[string]string{"sidecar": "./cmd/sidecar", "leaky": "./examples/leaky"} {
+	for name, pkg := range map[string]string{"sidecar": "./cmd/sidecar", "leaky": "./examples/leaky", "heapwatch": "./cmd/heapwatch"} {
 		files[guestDir+"/"+name] = filepath.Join(bins, name)
 		builds = append(builds, func() error { return vm.GoBuild(ctx, filepath.Join(bins, name), pkg, false) })
 	}
@@ -110,6 +115,31 @@ func bootSuiteVM(tb testing.TB, log *lineWriter) (*vm.VM, time.Duration) {
 	return v, buildTime
 }
 
+// suiteDir is where a suite runs in the guest: a directory holding its
+// package's testdata, as go test runs a package in its source directory.
+func suiteDir(s suite) string { return guestDir + "/" + filepath.Base(s.pkg) }
+
+// addTestdata adds the files of the suite's testdata directory, if it has
+// one, under its suiteDir.
+func addTestdata(files map[string]string, s suite) error {
+	src := filepath.Join(vm.ModuleRoot(), s.pkg, "testdata")
+	err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, err := filepath.Rel(src, path)
+		if err != nil {
+			return err
+		}
+		files[suiteDir(s)+"/testdata/"+filepath.ToSlash(rel)] = path
+		return nil
+	})
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
 // suiteEnv is the environment of the test binaries in the guest.
 func suiteEnv(summary string) []string {
 	return []string{"HEAPWATCH_E2E_BIN=" + guestDir, "HEAPWATCH_E2E_SUMMARY=" + summary,
@@ -131,7 +161,7 @@ func TestCgroupV2Suite(t *testing.T) {
 			argv = append(argv, "-test.run="+run)
 		}
 		runCtx, cancel := context.WithTimeout(ctx, 16*time.Minute)
-		res, err := v.Run(runCtx, vm.Command{Argv: argv, Dir: "/tmp", Output: &lineWriter{t: t},
+		res, err := v.Run(runCtx, vm.Command{Argv: argv, Dir: suiteDir(s), Output: &lineWriter{t: t},
 			Env: suiteEnv(summary), Collect: []string{summary}})
 		cancel()
 		if err != nil && res == nil {
@@ -190,8 +220,11 @@ func checkResults(t *testing.T, out string, full bool) {
 		return
 	}
 	for _, name := range []string{
-		"TestOOMKillLeavesFinalHeapProfile/linear", "TestOOMKillLeavesFinalHeapProfile/doubling",
-		"TestOOMKillLeavesFinalHeapProfile/burst", "TestOOMKillLeavesFinalHeapProfile/jump",
+		"TestOOMKillLeavesFinalHeapProfile/notify/linear", "TestOOMKillLeavesFinalHeapProfile/notify/doubling",
+		"TestOOMKillLeavesFinalHeapProfile/notify/burst", "TestOOMKillLeavesFinalHeapProfile/notify/jump",
+		"TestOOMKillLeavesFinalHeapProfile/polling/linear", "TestOOMKillLeavesFinalHeapProfile/polling/doubling",
+		"TestOOMKillLeavesFinalHeapProfile/polling/burst", "TestOOMKillLeavesFinalHeapProfile/polling/jump",
+		"TestExplainRealOOMKill/linear", "TestExplainRealOOMKill/shmem",
 		"TestS3DownMidRunLosesNothing", "TestRealOOMKill", "TestCgroupSeenFromAnotherContainer",
 	} {
 		if !passed[name] {
