@@ -64,7 +64,10 @@ func TestSameUIDSidecarReportsUnreadableContainers(t *testing.T) {
 	r.expectFinalHeap(t, "main.leakLinear")
 	r.expectSameUIDStart(t)
 
-	// Exactly one line per unreadable container over the whole run.
+	// Exactly one line per unreadable container over the whole run. Their
+	// environ is unreadable too, so the sidecar names them by the leaf of
+	// their cgroup path: a container ID in a real pod, the container's name
+	// in podsim.
 	lines := map[string][]logRecord{}
 	for _, rec := range logRecords(r.logs.String()) {
 		if rec.Msg == "container not watched" {
