@@ -21,6 +21,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const mib = 1 << 20
@@ -38,6 +40,10 @@ type options struct {
 	jumpLevel  float64
 	jumpHold   time.Duration
 	shmFile    string
+	// nonDumpable: prctl(PR_SET_DUMPABLE, 0) first, so only a reader with
+	// CAP_SYS_PTRACE may open /proc/<pid>/{root,fd,environ} (the e2e
+	// tests' container a same-uid sidecar cannot read).
+	nonDumpable bool
 }
 
 func main() {
@@ -54,6 +60,7 @@ func main() {
 	flag.Float64Var(&o.jumpLevel, "jump-level", 0.45, "jump: fraction of the limit to sit at before the jump")
 	flag.DurationVar(&o.jumpHold, "jump-hold", 3*time.Second, "jump: how long to sit at jump-level before the one allocation past the limit")
 	flag.StringVar(&o.shmFile, "shm-file", "/dev/shm/leaky", "shmem: the tmpfs file to grow (a memory-backed emptyDir or /dev/shm in a pod)")
+	flag.BoolVar(&o.nonDumpable, "non-dumpable", false, "make the process non-dumpable (prctl PR_SET_DUMPABLE 0) before anything else")
 	flag.Parse()
 
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
@@ -64,6 +71,11 @@ func main() {
 }
 
 func run(log *slog.Logger, o options) error {
+	if o.nonDumpable {
+		if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+			return fmt.Errorf("prctl PR_SET_DUMPABLE: %w", err)
+		}
+	}
 	leak, err := leakFunc(o)
 	if err != nil {
 		return err

@@ -147,6 +147,11 @@ type podOptions struct {
 	// as the webhook's same-uid mode does; the spool and storage are then
 	// world-writable directories, as the kubelet creates emptyDirs.
 	user *podsim.User
+	// before are containers started ahead of the sidecar; startPod starts
+	// the sidecar and the app once ready returns true for them (within
+	// 30 s), so the sidecar never sees them half started.
+	before []podsim.ContainerSpec
+	ready  func(*podsim.Pod) bool
 }
 
 // leakyArgs is the leaky command line for a shape; every shape waits 3 s
@@ -174,16 +179,11 @@ func startPod(t testing.TB, o podOptions) *podRun {
 		"POD_UID=0000-1111", "NODE_NAME=node-e2e"}, o.env...)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	pod, err := podsim.Start(ctx, podsim.Spec{Name: "e2e", Net: !o.sharedNet, Containers: []podsim.ContainerSpec{
-		// The sidecar first, as a native sidecar starts before the app.
-		{Name: "heapwatch", Argv: []string{sidecarBin, "--spool-dir", r.spoolDir, "--metrics-addr", "127.0.0.1:0"},
-			Env: env, MemoryLimit: sidecarLimit, User: o.user, Stdout: r.logs, Stderr: r.logs},
-		{Name: "app", Argv: appArgv, MemoryLimit: appLimit, ReadOnlyCgroup: o.readOnlyCG, User: o.user, Stdout: io.Discard, Stderr: r.logs},
-	}})
+	pod, err := podsim.Start(ctx, podsim.Spec{Name: "e2e", Net: !o.sharedNet, Containers: o.before})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.pod, r.app, r.sidecar = pod, pod.Container("app"), pod.Container("heapwatch")
+	r.pod = pod
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("HEAPWATCH_E2E_LOGS") != "" {
 			t.Logf("pod logs:\n%s", r.logs.String())
@@ -192,6 +192,20 @@ func startPod(t testing.TB, o podOptions) *podRun {
 			t.Error(err)
 		}
 	})
+	if o.ready != nil {
+		waitUntil(t, 30*time.Second, "the containers started before the sidecar", func() bool { return o.ready(pod) })
+	}
+	for _, spec := range []podsim.ContainerSpec{
+		// The sidecar first, as a native sidecar starts before the app.
+		{Name: "heapwatch", Argv: []string{sidecarBin, "--spool-dir", r.spoolDir, "--metrics-addr", "127.0.0.1:0"},
+			Env: env, MemoryLimit: sidecarLimit, User: o.user, Stdout: r.logs, Stderr: r.logs},
+		{Name: "app", Argv: appArgv, MemoryLimit: appLimit, ReadOnlyCgroup: o.readOnlyCG, User: o.user, Stdout: io.Discard, Stderr: r.logs},
+	} {
+		if _, err := pod.Add(spec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.app, r.sidecar = pod.Container("app"), pod.Container("heapwatch")
 	return r
 }
 

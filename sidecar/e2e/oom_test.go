@@ -73,6 +73,21 @@ func testShape(t *testing.T, o podOptions, fn string) {
 // no_new_privs, as the webhook injects the sidecar of such a pod in a
 // namespace enforcing Pod Security restricted.
 func TestOOMKillSameUIDNoCapabilities(t *testing.T) {
+	user, env := sameUIDSidecar(t)
+	for _, tt := range shapes {
+		t.Run(tt.shape, func(t *testing.T) {
+			r := startPod(t, podOptions{shape: tt.shape, appArgs: tt.args, user: user, env: env})
+			r.expectFinalHeap(t, tt.fn)
+			r.expectSameUIDStart(t)
+		})
+	}
+}
+
+// sameUIDSidecar is the sidecar the webhook injects beside an app running
+// as 1000:1000 in a namespace enforcing Pod Security restricted, as podsim
+// runs it: its uid and gid, and its security-mode environment variable.
+func sameUIDSidecar(t *testing.T) (*podsim.User, []string) {
+	t.Helper()
 	app := corev1.Container{Name: "app", SecurityContext: &corev1.SecurityContext{RunAsUser: ptr.To[int64](1000), RunAsGroup: ptr.To[int64](1000)}}
 	pod := &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{app}}}
 	res := inject.Inject(pod, inject.Options{Image: "heapwatch", Defaults: settings.Defaults(), NativeSidecar: true, SameUIDOnly: true})
@@ -85,21 +100,21 @@ func TestOOMKillSameUIDNoCapabilities(t *testing.T) {
 	}
 	user := &podsim.User{UID: int(*sc.RunAsUser), GID: int(*sc.RunAsGroup)}
 	setting, _ := settings.Lookup("security-mode")
-	mode := setting.EnvVar() + "=" + res.Mode
-	for _, tt := range shapes {
-		t.Run(tt.shape, func(t *testing.T) {
-			r := startPod(t, podOptions{shape: tt.shape, appArgs: tt.args, user: user, env: []string{mode}})
-			r.expectFinalHeap(t, tt.fn)
-			var start *logRecord
-			for _, rec := range logRecords(r.logs.String()) {
-				if rec.Msg == "heapwatch sidecar starting" {
-					start = &rec
-				}
-			}
-			if start == nil || start.SecurityMode != "same-uid" || start.UID != 1000 || start.GID != 1000 {
-				t.Errorf("sidecar start log %+v, want securityMode same-uid as 1000:1000", start)
-			}
-		})
+	return user, []string{setting.EnvVar() + "=" + res.Mode}
+}
+
+// expectSameUIDStart checks the sidecar's start-up line names the same-uid
+// mode and 1000:1000.
+func (r *podRun) expectSameUIDStart(t *testing.T) {
+	t.Helper()
+	var start *logRecord
+	for _, rec := range logRecords(r.logs.String()) {
+		if rec.Msg == "heapwatch sidecar starting" {
+			start = &rec
+		}
+	}
+	if start == nil || start.SecurityMode != "same-uid" || start.UID != 1000 || start.GID != 1000 {
+		t.Errorf("sidecar start log %+v, want securityMode same-uid as 1000:1000", start)
 	}
 }
 

@@ -36,6 +36,12 @@ type logRecord struct {
 	SecurityMode string `json:"securityMode"`
 	UID          int    `json:"uid"`
 	GID          int    `json:"gid"`
+	// Of "container not watched".
+	Container string `json:"container"`
+	Reason    string `json:"reason"`
+	Detail    string `json:"detail"`
+	// Of "serving metrics".
+	Addr string `json:"addr"`
 }
 
 func logRecords(logs string) []logRecord {

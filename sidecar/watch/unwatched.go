@@ -104,15 +104,17 @@ func (w *Watcher) unreadable(name string, members []int, err error) *Unwatched {
 }
 
 // permissionDetail says why the kernel refused the sidecar a process's
-// files, when it can tell: /proc/<pid> belongs to the process's effective
-// uid unless the process is not dumpable, when it belongs to root.
+// files, when it can tell: /proc/<pid>/environ belongs to the process's
+// effective uid unless the process is not dumpable, when it belongs to
+// root. Not /proc/<pid> itself: the kernel keeps that directory (mode 0555)
+// the effective uid's whatever the dumpable flag (task_dump_owner).
 func (w *Watcher) permissionDetail(pid int) string {
 	p := w.fs.Proc(pid)
 	euid, err := p.EffectiveUID()
 	if err != nil {
 		return "permission denied"
 	}
-	st, err := os.Stat(p.Path())
+	st, err := os.Stat(p.Path("environ"))
 	if err != nil {
 		return "permission denied"
 	}
