@@ -20,16 +20,14 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/heapwatch/heapwatch/internal/oomevents"
+	"github.com/heapwatch/heapwatch/internal/testenv"
 	"github.com/heapwatch/heapwatch/sidecar/capture"
 	"github.com/heapwatch/heapwatch/sidecar/store"
 	"github.com/heapwatch/heapwatch/sidecar/store/s3test"
 	"github.com/heapwatch/heapwatch/webhook/inject"
 	"github.com/heapwatch/heapwatch/webhook/internal/podgen"
-	"github.com/heapwatch/heapwatch/webhook/internal/testenv"
 )
 
 // controller is one running heapwatch controller.
@@ -362,14 +360,8 @@ func runCLI(t *testing.T, bin string, args ...string) string {
 // would have one.
 func writeKubeconfig(t *testing.T) string {
 	t.Helper()
-	c := restConfig
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["envtest"] = &clientcmdapi.Cluster{Server: c.Host, CertificateAuthorityData: c.CAData}
-	cfg.AuthInfos["admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: c.CertData, ClientKeyData: c.KeyData, Token: c.BearerToken}
-	cfg.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "admin"}
-	cfg.CurrentContext = "envtest"
 	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+	if err := testenv.WriteKubeconfig(restConfig, path); err != nil {
 		t.Fatal(err)
 	}
 	return path
