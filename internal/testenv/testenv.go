@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -22,6 +23,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/heapwatch/heapwatch/internal/oomevents"
 )
 
 // ErrNoBinaries means neither KUBEBUILDER_ASSETS nor ./bin/k8s holds the
@@ -169,4 +172,44 @@ func Metric(port int, series string) (float64, error) {
 		}
 	}
 	return 0, fmt.Errorf("series %s not in /metrics", series)
+}
+
+// Controller is the heapwatch controller (cmd/controller's manager) running
+// in the test process.
+type Controller struct {
+	MetricsPort int
+	cancel      context.CancelFunc
+	done        chan error
+}
+
+// StartController runs the controller's manager with cfg, its metrics and
+// probes on free loopback ports, and returns once it is ready. The caller
+// stops it.
+func StartController(rc *rest.Config, cfg oomevents.Config) (*Controller, error) {
+	ports, err := FreePorts(2)
+	if err != nil {
+		return nil, err
+	}
+	cfg.MetricsAddr = "127.0.0.1:" + strconv.Itoa(ports[0])
+	cfg.ProbeAddr = "127.0.0.1:" + strconv.Itoa(ports[1])
+	mgr, err := oomevents.NewManager(rc, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &Controller{MetricsPort: ports[0], cancel: cancel, done: make(chan error, 1)}
+	go func() { c.done <- mgr.Start(ctx) }()
+	if err := WaitReady(ctx, fmt.Sprintf("http://127.0.0.1:%d/readyz", ports[1]), 30*time.Second); err != nil {
+		return nil, errors.Join(err, c.Stop())
+	}
+	return c, nil
+}
+
+// Stop stops the controller and returns what its manager returned; a
+// second Stop returns nil.
+func (c *Controller) Stop() error {
+	c.cancel()
+	err := <-c.done
+	c.done <- nil
+	return err
 }

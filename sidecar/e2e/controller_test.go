@@ -2,11 +2,7 @@ package e2e
 
 import (
 	"context"
-	"fmt"
-	"io"
-	"log/slog"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +14,6 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	crlog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/heapwatch/heapwatch/internal/oomevents"
@@ -74,7 +69,18 @@ func TestControllerRealOOMKill(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ctl := startController(t, env.Config)
+	// The controller's own manager, as cmd/controller runs it.
+	cfg := oomevents.DefaultConfig()
+	cfg.LeaderElectionNamespace = "e2e"
+	ctl, err := testenv.StartController(env.Config, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := ctl.Stop(); err != nil {
+			t.Errorf("controller: %v", err)
+		}
+	})
 	r := startPod(t, podOptions{shape: "linear", appArgs: []string{"-rate", "20"}, storage: storage,
 		env: append(srv.Env(), "POD_UID="+string(pod.UID)), sharedNet: true})
 	r.waitOOMKill(t, time.Minute)
@@ -100,7 +106,7 @@ func TestControllerRealOOMKill(t *testing.T) {
 		`heapwatch_oom_kills_total{captured="true",namespace="e2e",reason="final-capture"}`: 1,
 		"heapwatch_oom_capture_lead_time_seconds_count":                                     1,
 	} {
-		if got, err := testenv.Metric(ctl, series); err != nil || got != want {
+		if got, err := testenv.Metric(ctl.MetricsPort, series); err != nil || got != want {
 			t.Errorf("%s = %v (%v), want %v", series, got, err, want)
 		}
 	}
@@ -116,37 +122,6 @@ func TestControllerRealOOMKill(t *testing.T) {
 			t.Errorf("explain e2e/leaky-0 lacks %q:\n%s", want, out)
 		}
 	}
-}
-
-// startController runs the controller's own manager against the API server
-// and returns its metrics port.
-func startController(t *testing.T, rc *rest.Config) int {
-	t.Helper()
-	ports, err := testenv.FreePorts(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := oomevents.DefaultConfig()
-	cfg.MetricsAddr = "127.0.0.1:" + strconv.Itoa(ports[0])
-	cfg.ProbeAddr = "127.0.0.1:" + strconv.Itoa(ports[1])
-	cfg.LeaderElectionNamespace = "e2e"
-	mgr, err := oomevents.NewManager(rc, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("controller: %v", err)
-		}
-	})
-	if err := testenv.WaitReady(ctx, fmt.Sprintf("http://127.0.0.1:%d/readyz", ports[1]), 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	return ports[0]
 }
 
 // recordOOMKill records the app's kill at finished in the pod's status, as
