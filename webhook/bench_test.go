@@ -23,7 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/heapwatch/heapwatch/certs"
-	"github.com/heapwatch/heapwatch/webhook/internal/testenv"
+	"github.com/heapwatch/heapwatch/internal/testenv"
 )
 
 var (

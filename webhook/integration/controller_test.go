@@ -5,11 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,57 +17,29 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/heapwatch/heapwatch/internal/oomevents"
+	"github.com/heapwatch/heapwatch/internal/testenv"
 	"github.com/heapwatch/heapwatch/sidecar/capture"
 	"github.com/heapwatch/heapwatch/sidecar/store"
 	"github.com/heapwatch/heapwatch/sidecar/store/s3test"
 	"github.com/heapwatch/heapwatch/webhook/inject"
 	"github.com/heapwatch/heapwatch/webhook/internal/podgen"
-	"github.com/heapwatch/heapwatch/webhook/internal/testenv"
 )
-
-// controller is one running heapwatch controller.
-type controller struct {
-	metricsPort int
-	cancel      context.CancelFunc
-	done        chan error
-}
 
 // startController runs the controller over all namespaces, electing its
 // leader with a Lease in leaseNS.
-func startController(t *testing.T, leaseNS string) *controller {
+func startController(t *testing.T, leaseNS string) *testenv.Controller {
 	t.Helper()
-	ports, err := testenv.FreePorts(2)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := oomevents.DefaultConfig()
-	cfg.MetricsAddr = "127.0.0.1:" + strconv.Itoa(ports[0])
-	cfg.ProbeAddr = "127.0.0.1:" + strconv.Itoa(ports[1])
 	cfg.LeaderElectionNamespace = leaseNS
 	cfg.CaptureWait = 3 * time.Second
-	mgr, err := oomevents.NewManager(restConfig, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c, err := testenv.StartController(restConfig, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	c := &controller{metricsPort: ports[0], cancel: cancel, done: make(chan error, 1)}
-	go func() { c.done <- mgr.Start(ctx) }()
-	if err := testenv.WaitReady(ctx, fmt.Sprintf("http://127.0.0.1:%d/readyz", ports[1]), 30*time.Second); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(c.stop)
+	t.Cleanup(func() { _ = c.Stop() })
 	return c
-}
-
-func (c *controller) stop() {
-	c.cancel()
-	<-c.done
-	c.done <- nil // stop is idempotent
 }
 
 // heapProfile is a real pprof heap profile (the format the sidecar fetches)
@@ -268,19 +237,19 @@ func TestControllerPostsOOMEvents(t *testing.T) {
 		t.Errorf("second kill's event = %+v; want one naming %s and main.cacheRows", e, id2)
 	}
 	series := fmt.Sprintf(`heapwatch_oom_kills_total{captured="true",namespace="%s",reason="final-capture"}`, ns)
-	if got := metricAt(t, ctl.metricsPort, series); got != 2 {
+	if got := metricAt(t, ctl.MetricsPort, series); got != 2 {
 		t.Errorf("%s = %v, want 2", series, got)
 	}
-	if got := metricAt(t, ctl.metricsPort, fmt.Sprintf(`heapwatch_oom_kills_total{captured="false",namespace="%s",reason="none-found"}`, ns)); got != 1 {
+	if got := metricAt(t, ctl.MetricsPort, fmt.Sprintf(`heapwatch_oom_kills_total{captured="false",namespace="%s",reason="none-found"}`, ns)); got != 1 {
 		t.Errorf("uncaptured kills = %v, want 1", got)
 	}
-	if got := metricAt(t, ctl.metricsPort, "heapwatch_oom_capture_lead_time_seconds_count"); got < 2 {
+	if got := metricAt(t, ctl.MetricsPort, "heapwatch_oom_capture_lead_time_seconds_count"); got < 2 {
 		t.Errorf("lead-time observations = %v, want at least 2", got)
 	}
 
 	// A restarted controller sees the same kills in the pods' status and
 	// posts nothing again; a kill after the restart proves it is running.
-	ctl.stop()
+	ctl.Stop()
 	ctl = startController(t, ns)
 	late := createPod(t, cs, ns, "api-late", s3pod)
 	kill3 := time.Now().Add(-5 * time.Second).Truncate(time.Second)
@@ -303,7 +272,7 @@ func TestControllerPostsOOMEvents(t *testing.T) {
 		}
 	}
 	// The counter lives on in this process: two kills before, the late one.
-	if got := metricAt(t, ctl.metricsPort, series); got != 3 {
+	if got := metricAt(t, ctl.MetricsPort, series); got != 3 {
 		t.Errorf("after the restart %s = %v, want 3 (2 before it, none again, 1 new)", series, got)
 	}
 	if evs := eventsOf(t, cs, plain); len(evs) != 0 {
@@ -362,14 +331,8 @@ func runCLI(t *testing.T, bin string, args ...string) string {
 // would have one.
 func writeKubeconfig(t *testing.T) string {
 	t.Helper()
-	c := restConfig
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["envtest"] = &clientcmdapi.Cluster{Server: c.Host, CertificateAuthorityData: c.CAData}
-	cfg.AuthInfos["admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: c.CertData, ClientKeyData: c.KeyData, Token: c.BearerToken}
-	cfg.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "admin"}
-	cfg.CurrentContext = "envtest"
 	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+	if err := testenv.WriteKubeconfig(restConfig, path); err != nil {
 		t.Fatal(err)
 	}
 	return path

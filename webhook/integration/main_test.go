@@ -19,7 +19,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -38,11 +37,11 @@ import (
 
 	"github.com/heapwatch/heapwatch/certs"
 	"github.com/heapwatch/heapwatch/deploy"
+	"github.com/heapwatch/heapwatch/internal/testenv"
 	"github.com/heapwatch/heapwatch/sidecar/settings"
 	"github.com/heapwatch/heapwatch/webhook"
 	"github.com/heapwatch/heapwatch/webhook/inject"
 	"github.com/heapwatch/heapwatch/webhook/internal/podgen"
-	"github.com/heapwatch/heapwatch/webhook/internal/testenv"
 )
 
 const sidecarImage = "ghcr.io/heapwatch/heapwatch-sidecar:test"
@@ -454,24 +453,9 @@ func (s *server) metric(t *testing.T, series string) float64 {
 // metricAt returns the value of one series from /metrics on a loopback port.
 func metricAt(t *testing.T, port int, series string) float64 {
 	t.Helper()
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	v, err := testenv.Metric(port, series)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.SplitSeq(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, series+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatalf("%s: %v", line, err)
-			}
-			return f
-		}
-	}
-	t.Fatalf("series %s not in /metrics", series)
-	return 0
+	return v
 }

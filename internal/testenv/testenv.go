@@ -1,21 +1,30 @@
 // Package testenv starts the real kube-apiserver and etcd that `make envtest`
-// builds from the Go module proxy, for the webhook's integration tests.
+// builds from the Go module proxy, for the webhook's integration tests and
+// the sidecar's end-to-end test of the controller.
 package testenv
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/heapwatch/heapwatch/internal/oomevents"
 )
 
 // ErrNoBinaries means neither KUBEBUILDER_ASSETS nor ./bin/k8s holds the
@@ -128,4 +137,79 @@ func WaitReady(ctx context.Context, url string, timeout time.Duration) error {
 		return fmt.Errorf("%s not ready within %v: %w", url, timeout, err)
 	}
 	return nil
+}
+
+// WriteKubeconfig writes a kubeconfig for the API server c reaches, as a
+// user would have one, to path.
+func WriteKubeconfig(c *rest.Config, path string) error {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["envtest"] = &clientcmdapi.Cluster{Server: c.Host, CertificateAuthorityData: c.CAData}
+	cfg.AuthInfos["admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: c.CertData, ClientKeyData: c.KeyData, Token: c.BearerToken}
+	cfg.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "admin"}
+	cfg.CurrentContext = "envtest"
+	return clientcmd.WriteToFile(*cfg, path)
+}
+
+// Metric returns the value of one series (name{labels} as exposed) on the
+// Prometheus endpoint at 127.0.0.1:port.
+func Metric(port int, series string) (float64, error) {
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.SplitSeq(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				return 0, fmt.Errorf("%s: %w", line, err)
+			}
+			return f, nil
+		}
+	}
+	return 0, fmt.Errorf("series %s not in /metrics", series)
+}
+
+// Controller is the heapwatch controller (cmd/controller's manager) running
+// in the test process.
+type Controller struct {
+	MetricsPort int
+	cancel      context.CancelFunc
+	done        chan error
+}
+
+// StartController runs the controller's manager with cfg, its metrics and
+// probes on free loopback ports, and returns once it is ready. The caller
+// stops it.
+func StartController(rc *rest.Config, cfg oomevents.Config) (*Controller, error) {
+	ports, err := FreePorts(2)
+	if err != nil {
+		return nil, err
+	}
+	cfg.MetricsAddr = "127.0.0.1:" + strconv.Itoa(ports[0])
+	cfg.ProbeAddr = "127.0.0.1:" + strconv.Itoa(ports[1])
+	mgr, err := oomevents.NewManager(rc, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &Controller{MetricsPort: ports[0], cancel: cancel, done: make(chan error, 1)}
+	go func() { c.done <- mgr.Start(ctx) }()
+	if err := WaitReady(ctx, fmt.Sprintf("http://127.0.0.1:%d/readyz", ports[1]), 30*time.Second); err != nil {
+		return nil, errors.Join(err, c.Stop())
+	}
+	return c, nil
+}
+
+// Stop stops the controller and returns what its manager returned; a
+// second Stop returns nil.
+func (c *Controller) Stop() error {
+	c.cancel()
+	err := <-c.done
+	c.done <- nil
+	return err
 }
