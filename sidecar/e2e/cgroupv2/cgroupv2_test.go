@@ -114,7 +114,11 @@ func bootSuiteVM(tb testing.TB, log *lineWriter) (*vm.VM, time.Duration) {
 			tb.Error(err)
 		}
 	})
-	if res, err := v.Run(ctx, vm.Command{Argv: []string{"mkdir", "-p", vgwMeta}}); err != nil || res.ExitCode != 0 {
+	mkdir := []string{"mkdir", "-p", vgwMeta}
+	for _, s := range suites {
+		mkdir = append(mkdir, suiteDir(s))
+	}
+	if res, err := v.Run(ctx, vm.Command{Argv: mkdir}); err != nil || res.ExitCode != 0 {
 		tb.Fatalf("mkdir in the VM: %v", err)
 	}
 	return v, buildTime
