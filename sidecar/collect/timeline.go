@@ -64,7 +64,10 @@ func (t *timeline) mark(at time.Time, kind string, p capture.Point) {
 	t.add(p)
 }
 
-// snapshot returns the samples of the minute up to until, oldest first.
+// snapshot returns the samples of the minute before until, oldest first.
+// Strictly before: the sample that reveals an OOM kill is taken after it,
+// when the group's memory may already be freed, and is no part of the
+// rise to the kill.
 func (t *timeline) snapshot(until time.Time) []capture.Point {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -72,7 +75,7 @@ func (t *timeline) snapshot(until time.Time) []capture.Point {
 	out := make([]capture.Point, 0, n)
 	for i := range n {
 		p := t.pts[(t.pos+i)%n]
-		if !p.Time.After(until) && until.Sub(p.Time) <= timelineSpan {
+		if p.Time.Before(until) && until.Sub(p.Time) <= timelineSpan {
 			out = append(out, p)
 		}
 	}

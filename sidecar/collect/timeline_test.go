@@ -22,7 +22,7 @@ func TestTimelineKeepsLastMinuteAndMarks(t *testing.T) {
 	// A trigger on a sample never seen is added with its mark.
 	late := end.Add(5 * time.Millisecond)
 	tl.mark(late, "predictive", capture.Point{Time: late, UsageBytes: 1})
-	got := tl.snapshot(late)
+	got := tl.snapshot(late.Add(time.Millisecond))
 	if len(got) > timelineCap {
 		t.Fatalf("%d points, cap %d", len(got), timelineCap)
 	}
@@ -42,8 +42,12 @@ func TestTimelineKeepsLastMinuteAndMarks(t *testing.T) {
 	if diff := cmp.Diff(want, tail); diff != "" {
 		t.Errorf("last points (-want +got):\n%s", diff)
 	}
-	// A snapshot for an earlier capture holds nothing after it.
+	// A snapshot for an earlier capture holds nothing after it, and the
+	// snapshot at an OOM kill not the sample that revealed the kill.
 	if s := tl.snapshot(end.Add(-time.Second)); s[len(s)-1].Time.After(end.Add(-time.Second)) {
 		t.Errorf("snapshot holds a point after its time: %v", s[len(s)-1].Time)
+	}
+	if s := tl.snapshot(late); !s[len(s)-1].Time.Before(late) {
+		t.Errorf("snapshot until %v holds the point taken at that time", late)
 	}
 }

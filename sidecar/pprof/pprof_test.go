@@ -369,6 +369,14 @@ func TestFindRetriesAfterDialTimeout(t *testing.T) {
 	srv := &http.Server{Handler: mux}
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { srv.Close() })
+	// Wait until the server drains its queue: a patient client (a dropped
+	// SYN is resent after a second) gets an answer only once it accepts.
+	patient := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := patient.Get("http://" + addr + "/debug/pprof/")
+	if err != nil {
+		t.Fatalf("server never served: %v", err)
+	}
+	resp.Body.Close()
 	if _, ok := c.Find(t.Context(), []Endpoint{ep}); !ok {
 		t.Error("Find after the dial timeout: no pprof; the timeout was cached as a negative answer")
 	}
