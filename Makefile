@@ -59,7 +59,7 @@ RUN ?=
 .PHONY: test-v2
 test-v2: ## Run the real-kernel suites (podsim, cgroup, e2e) on cgroup v2 in a QEMU VM (RUN=TestX for one test).
 	@rm -f $(BIN)/vm/summary
-	HEAPWATCH_V2_RUN='$(RUN)' HEAPWATCH_V2_SUMMARY=$(BIN)/vm/summary go test -count=1 -v -timeout 30m ./sidecar/e2e/cgroupv2/
+	HEAPWATCH_V2_RUN='$(RUN)' HEAPWATCH_V2_SUMMARY=$(BIN)/vm/summary go test -count=1 -v -timeout 30m ./e2e/cgroupv2/
 	@cat $(BIN)/vm/summary
 
 .PHONY: bench

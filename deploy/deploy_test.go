@@ -16,8 +16,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/heapwatch/heapwatch/deploy"
-	"github.com/heapwatch/heapwatch/webhook"
-	"github.com/heapwatch/heapwatch/webhook/inject"
+	"github.com/heapwatch/heapwatch/internal/webhook"
+	"github.com/heapwatch/heapwatch/internal/webhook/inject"
 )
 
 // rendered is the typed view of one kustomization's output.

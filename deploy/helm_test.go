@@ -11,7 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 
-	"github.com/heapwatch/heapwatch/webhook"
+	"github.com/heapwatch/heapwatch/internal/webhook"
 )
 
 var updateGolden = flag.Bool("update", false, "rewrite the golden files in testdata/")

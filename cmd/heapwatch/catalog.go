@@ -8,9 +8,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/heapwatch/heapwatch/sidecar/capture"
-	"github.com/heapwatch/heapwatch/sidecar/catalog"
-	"github.com/heapwatch/heapwatch/sidecar/store"
+	"github.com/heapwatch/heapwatch/capture"
+	"github.com/heapwatch/heapwatch/capture/catalog"
+	"github.com/heapwatch/heapwatch/store"
 )
 
 // entry is one capture as the catalog lists it.

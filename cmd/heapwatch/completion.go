@@ -6,8 +6,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/heapwatch/heapwatch/sidecar/capture"
-	"github.com/heapwatch/heapwatch/sidecar/catalog"
+	"github.com/heapwatch/heapwatch/capture"
+	"github.com/heapwatch/heapwatch/capture/catalog"
 )
 
 // completionLimit bounds the capture IDs offered at once: the newest, as

@@ -13,10 +13,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/heapwatch/heapwatch/sidecar/capture"
-	"github.com/heapwatch/heapwatch/sidecar/catalog"
-	"github.com/heapwatch/heapwatch/sidecar/profstat"
-	"github.com/heapwatch/heapwatch/sidecar/store"
+	"github.com/heapwatch/heapwatch/capture"
+	"github.com/heapwatch/heapwatch/capture/catalog"
+	"github.com/heapwatch/heapwatch/internal/profstat"
+	"github.com/heapwatch/heapwatch/store"
 )
 
 const explainHelp = `Explains the last OOM kill of a container in one screen: the kill and the

@@ -13,8 +13,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/pprof/profile"
 
-	"github.com/heapwatch/heapwatch/sidecar/capture"
-	"github.com/heapwatch/heapwatch/sidecar/store"
+	"github.com/heapwatch/heapwatch/capture"
+	"github.com/heapwatch/heapwatch/store"
 )
 
 // heapOf is a real pprof heap profile holding inuse bytes per function.

@@ -11,7 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/heapwatch/heapwatch/sidecar/store"
+	"github.com/heapwatch/heapwatch/store"
 )
 
 const getHelp = `Downloads every profile and the metadata of one capture into a directory

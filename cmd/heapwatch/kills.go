@@ -12,7 +12,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/heapwatch/heapwatch/sidecar/catalog"
+	"github.com/heapwatch/heapwatch/capture/catalog"
 )
 
 // kubeFlags read the kubeconfig the way kubectl does, with kubectl's own

@@ -12,8 +12,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/heapwatch/heapwatch/sidecar/capture"
-	"github.com/heapwatch/heapwatch/sidecar/catalog"
+	"github.com/heapwatch/heapwatch/capture"
+	"github.com/heapwatch/heapwatch/capture/catalog"
 )
 
 const lsHelp = `Lists captures, newest first: time, capture ID, trigger, memory usage against the

@@ -19,7 +19,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/heapwatch/heapwatch/sidecar/store"
+	"github.com/heapwatch/heapwatch/store"
 )
 
 // version is set by the linker (-X main.version=...).

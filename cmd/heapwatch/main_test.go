@@ -18,9 +18,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
-	"github.com/heapwatch/heapwatch/sidecar/capture"
-	"github.com/heapwatch/heapwatch/sidecar/store"
-	"github.com/heapwatch/heapwatch/sidecar/store/s3test"
+	"github.com/heapwatch/heapwatch/capture"
+	"github.com/heapwatch/heapwatch/store"
+	"github.com/heapwatch/heapwatch/store/s3test"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")

@@ -9,7 +9,7 @@ import (
 
 	"github.com/google/pprof/profile"
 
-	"github.com/heapwatch/heapwatch/sidecar/profstat"
+	"github.com/heapwatch/heapwatch/internal/profstat"
 )
 
 // nativeTop prints a report like 'go tool pprof -top' without a Go

@@ -15,7 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/heapwatch/heapwatch/sidecar/store"
+	"github.com/heapwatch/heapwatch/store"
 )
 
 const (

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/heapwatch/heapwatch/sidecar/store"
+	"github.com/heapwatch/heapwatch/store"
 )
 
 func httpGet(url string) (string, error) {

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/heapwatch/heapwatch/sidecar/capture"
+	"github.com/heapwatch/heapwatch/capture"
 )
 
 // Terminal chart size: fits an 80-column screen with its axis labels.

@@ -2,7 +2,7 @@
 // captures heap profiles from their pprof endpoints before they are
 // OOM-killed. It runs as an ordinary process in the same PID namespace as its
 // targets (shareProcessNamespace in Kubernetes), configured by HEAPWATCH_*
-// environment variables (see sidecar/settings) and a few flags.
+// environment variables (see settings) and a few flags.
 package main
 
 import (
@@ -19,15 +19,15 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/heapwatch/heapwatch/sidecar/collect"
-	"github.com/heapwatch/heapwatch/sidecar/metrics"
-	"github.com/heapwatch/heapwatch/sidecar/pprof"
-	"github.com/heapwatch/heapwatch/sidecar/procfs"
-	"github.com/heapwatch/heapwatch/sidecar/settings"
-	"github.com/heapwatch/heapwatch/sidecar/spool"
-	"github.com/heapwatch/heapwatch/sidecar/store"
-	"github.com/heapwatch/heapwatch/sidecar/trigger"
-	"github.com/heapwatch/heapwatch/sidecar/watch"
+	"github.com/heapwatch/heapwatch/internal/collect"
+	"github.com/heapwatch/heapwatch/internal/metrics"
+	"github.com/heapwatch/heapwatch/internal/pprof"
+	"github.com/heapwatch/heapwatch/internal/procfs"
+	"github.com/heapwatch/heapwatch/internal/spool"
+	"github.com/heapwatch/heapwatch/internal/trigger"
+	"github.com/heapwatch/heapwatch/internal/watch"
+	"github.com/heapwatch/heapwatch/settings"
+	"github.com/heapwatch/heapwatch/store"
 )
 
 var version = "dev"

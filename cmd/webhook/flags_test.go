@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/heapwatch/heapwatch/webhook"
+	"github.com/heapwatch/heapwatch/internal/webhook"
 )
 
 var update = flag.Bool("update", false, "rewrite the flag table in README.md")

@@ -17,7 +17,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/heapwatch/heapwatch/certs"
-	"github.com/heapwatch/heapwatch/webhook"
+	"github.com/heapwatch/heapwatch/internal/webhook"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".

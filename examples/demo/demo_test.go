@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/heapwatch/heapwatch/sidecar/podsim"
+	"github.com/heapwatch/heapwatch/internal/podsim"
 )
 
 func requireSupported(t *testing.T) {

@@ -21,9 +21,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/heapwatch/heapwatch/sidecar/capture"
-	"github.com/heapwatch/heapwatch/sidecar/podsim"
-	"github.com/heapwatch/heapwatch/sidecar/store/s3test"
+	"github.com/heapwatch/heapwatch/capture"
+	"github.com/heapwatch/heapwatch/internal/podsim"
+	"github.com/heapwatch/heapwatch/store/s3test"
 )
 
 type options struct {

@@ -9,11 +9,11 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/heapwatch/heapwatch/sidecar/catalog"
-	"github.com/heapwatch/heapwatch/sidecar/profstat"
-	"github.com/heapwatch/heapwatch/sidecar/settings"
-	"github.com/heapwatch/heapwatch/sidecar/store"
-	"github.com/heapwatch/heapwatch/webhook/inject"
+	"github.com/heapwatch/heapwatch/capture/catalog"
+	"github.com/heapwatch/heapwatch/internal/profstat"
+	"github.com/heapwatch/heapwatch/internal/webhook/inject"
+	"github.com/heapwatch/heapwatch/settings"
+	"github.com/heapwatch/heapwatch/store"
 )
 
 // examine finds the final capture of one kill and says what the Event will.

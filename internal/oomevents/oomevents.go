@@ -42,9 +42,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
-	"github.com/heapwatch/heapwatch/sidecar/catalog"
-	"github.com/heapwatch/heapwatch/sidecar/store"
-	"github.com/heapwatch/heapwatch/webhook/inject"
+	"github.com/heapwatch/heapwatch/capture/catalog"
+	"github.com/heapwatch/heapwatch/internal/webhook/inject"
+	"github.com/heapwatch/heapwatch/store"
 )
 
 // Event reasons.

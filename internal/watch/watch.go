@@ -1,0 +1,268 @@
+// Package watch is the sidecar's observing loop: it finds the other
+// containers of the pod in the shared PID namespace, follows each one's
+// memory cgroup (kernel notifications plus adaptive sampling), feeds the
+// trigger and tells a Handler when to capture and when a container was
+// OOM-killed.
+package watch
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/heapwatch/heapwatch/internal/cgroup"
+	"github.com/heapwatch/heapwatch/internal/procfs"
+	"github.com/heapwatch/heapwatch/internal/trigger"
+)
+
+// Container is one watched container: the processes sharing a memory
+// cgroup.
+type Container struct {
+	// Name is HEAPWATCH_CONTAINER_NAME of its processes, else the short
+	// container ID from the cgroup path.
+	Name string
+	// CgroupPath is the directory being read, through a process's view
+	// (/proc/<pid>/root/sys/fs/cgroup/...).
+	CgroupPath string
+	// PIDs are the container's processes, ascending.
+	PIDs    []int
+	Version cgroup.Version
+	// Notify is how crossings are noticed: eventfd, inotify or poll.
+	Notify cgroup.Mode
+}
+
+// Sample is one reading of a container's memory cgroup.
+type Sample = cgroup.Sample
+
+// Event asks for a capture.
+type Event struct {
+	Container Container
+	Sample    Sample
+	// Kind and Reason come from the trigger ("threshold-75", "predictive",
+	// "growth", "absolute").
+	Kind, Reason string
+	// Hold: keep the capture locally; ship it only if an OOM kill follows.
+	Hold bool
+	// Suppressed is set when a shipped trigger was demoted to a held
+	// capture by cooldown or the hourly cap.
+	Suppressed string
+	// DetectedAt is when the crossing was seen: the kernel notification,
+	// or the sample that showed it.
+	DetectedAt time.Time
+	// Stat is the container's memory.stat at capture time.
+	Stat map[string]uint64
+	// Pressure is memory.pressure at capture time, nil without PSI (v1).
+	Pressure *cgroup.Pressure
+}
+
+// Handler receives the watcher's decisions. Methods are called from the
+// container's loop and must return quickly (queue the work).
+type Handler interface {
+	// Capture: a trigger fired.
+	Capture(ev Event)
+	// OOMKilled: the container was OOM-killed; at is when the kill was
+	// seen and last the last sample before it.
+	OOMKilled(c Container, at time.Time, last Sample)
+	// Suppressed: a trigger wanted to fire but cooldown or a cap stopped it.
+	Suppressed(c Container, kind, why string)
+}
+
+// Options configure a Watcher.
+type Options struct {
+	Trigger trigger.Options
+	// Containers limits watching to these names; empty watches all.
+	Containers []string
+	// Rescan is how often the whole process list is re-read when nothing
+	// asks for it (default 10 s; at most 1 s without the discovery probe).
+	// It is re-read at once, and then at every interval for a second, when
+	// a new process appears (the probe, read at every interval) or a
+	// container's processes vanish.
+	Rescan time.Duration
+	// IdleInterval is the sampling interval of a steady container far from
+	// any level when kernel threshold notifications (v1 eventfd) are
+	// registered at every level, so any crossing wakes the watcher at once
+	// (default 2 s; it never applies in poll or inotify mode). Exits are
+	// still seen within one Rescan.
+	IdleInterval time.Duration
+	// OnSample, if set, is called with every sample (for metrics); it
+	// must be cheap. It is called from Container-by-Container sampling in
+	// one goroutine (watched.tick): the one place a sample is produced.
+	OnSample func(c Container, s Sample)
+	// OnUnwatched, if set, is called with the containers not watched
+	// whenever that list changes (for metrics).
+	OnUnwatched func([]Unwatched)
+}
+
+const (
+	defaultRescan   = 10 * time.Second
+	defaultInterval = 100 * time.Millisecond // trigger.Options' default
+)
+
+// Status is a container's latest state, for metrics and debugging.
+type Status struct {
+	Container Container
+	Last      Sample
+}
+
+// Watcher discovers and watches containers.
+type Watcher struct {
+	o   Options
+	fs  procfs.FS
+	h   Handler
+	log *slog.Logger
+
+	rescan   chan struct{}
+	interval time.Duration // the trigger's base sampling interval
+	sampler  *sampler
+
+	mu         sync.Mutex
+	containers map[string]*watched // by cgroup key
+	pollLogged bool
+
+	// Owned by the Run goroutine.
+	procs     map[int]procEntry
+	unnamed   map[string]bool      // cgroup keys seen once without a readable name
+	firstSeen map[string]time.Time // when each not yet watched cgroup key was first seen
+	pending   map[string]Unwatched // the last scan's verdicts, by cgroup key
+
+	reported map[string]Unwatched // under mu
+}
+
+// New returns a Watcher reading processes from fs.
+func New(o Options, fs procfs.FS, h Handler, log *slog.Logger) *Watcher {
+	if o.Rescan <= 0 {
+		o.Rescan = defaultRescan
+	}
+	if o.IdleInterval <= 0 {
+		o.IdleInterval = 2 * time.Second
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	interval := o.Trigger.Interval
+	if interval <= 0 {
+		interval = defaultInterval
+	}
+	return &Watcher{o: o, fs: fs, h: h, log: log, rescan: make(chan struct{}, 1), interval: interval,
+		containers: map[string]*watched{}, procs: map[int]procEntry{}, unnamed: map[string]bool{}, firstSeen: map[string]time.Time{}, reported: map[string]Unwatched{}}
+}
+
+// Run watches until ctx is done. It fails only if the process list cannot
+// be read at all at start.
+func (w *Watcher) Run(ctx context.Context) error {
+	if _, err := w.fs.PIDs(); err != nil {
+		return err
+	}
+	s, err := newSampler(w)
+	if err != nil {
+		return err
+	}
+	w.sampler = s
+	probe := newProbe(w.fs.Root())
+	defer probe.close()
+	rescan := w.o.Rescan
+	if !probe.ok() {
+		rescan = min(rescan, time.Second)
+	}
+	var wg sync.WaitGroup
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		s.run(probe)
+	}()
+	defer func() {
+		s.close()
+		<-sampled
+		wg.Wait()
+	}()
+	t := time.NewTimer(rescan)
+	defer t.Stop()
+	// After a new process shows up, scan at every interval for a while: it
+	// may join its cgroup, or finish its exec, a moment after it is seen.
+	var settleUntil time.Time
+	for ctx.Err() == nil {
+		if w.scan(&wg) {
+			settleUntil = time.Now().Add(settleFor)
+		}
+		next := rescan
+		if time.Now().Before(settleUntil) {
+			next = w.interval
+		}
+		t.Reset(next)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		case <-w.rescan:
+			settleUntil = time.Now().Add(settleFor)
+		}
+	}
+	return nil
+}
+
+// settleFor is how long the watcher keeps scanning at every interval after
+// a new process or a lost container.
+const settleFor = time.Second
+
+// Snapshot returns the latest state of every watched container.
+func (w *Watcher) Snapshot() []Status {
+	w.mu.Lock()
+	list := make([]*watched, 0, len(w.containers))
+	for _, c := range w.containers {
+		list = append(list, c)
+	}
+	w.mu.Unlock()
+	out := make([]Status, 0, len(list))
+	for _, c := range list {
+		out = append(out, c.status())
+	}
+	slices.SortFunc(out, func(a, b Status) int {
+		if a.Container.Name < b.Container.Name {
+			return -1
+		}
+		if a.Container.Name > b.Container.Name {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+func (w *Watcher) requestRescan() {
+	select {
+	case w.rescan <- struct{}{}:
+	default:
+	}
+}
+
+// wanted applies the name filter.
+func (w *Watcher) wanted(name string) bool {
+	return len(w.o.Containers) == 0 || slices.Contains(w.o.Containers, name)
+}
+
+// logPollOnce logs the fallback to polling once per sidecar, at info; the
+// mode of each container is in its Container and at debug level.
+func (w *Watcher) logPollOnce(c Container, reason error) {
+	w.mu.Lock()
+	first := !w.pollLogged
+	w.pollLogged = true
+	w.mu.Unlock()
+	if first {
+		w.log.Info("kernel memory notifications unavailable, sampling only", "container", c.Name, "cgroup", c.CgroupPath, "reason", reason)
+		return
+	}
+	w.log.Debug("kernel memory notifications unavailable", "container", c.Name, "reason", reason)
+}
+
+// triggerFor returns the trigger options for a container notified in mode.
+func (w *Watcher) triggerFor(mode cgroup.Mode) trigger.Options {
+	o := w.o.Trigger
+	if mode == cgroup.ModeEventfd {
+		o.IdleInterval = w.o.IdleInterval
+	} else {
+		o.IdleInterval = 0
+	}
+	return o
+}
