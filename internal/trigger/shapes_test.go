@@ -66,8 +66,8 @@ func TestLeakShapesCapturedBeforeKill(t *testing.T) {
 					if now < next && !(notify && crossed) {
 						continue
 					}
-					d := tr.Observe(clk.at(now), uint64(u), limit)
-					next = now + tr.NextInterval()
+					d := observe(tr, clk.at(now), uint64(u), limit)
+					next = now + tr.NextInterval(0)
 					if d.Fire {
 						if first < 0 {
 							first = now

@@ -256,13 +256,12 @@ func (w *Watcher) logPollOnce(c Container, reason error) {
 	w.log.Debug("kernel memory notifications unavailable", "container", c.Name, "reason", reason)
 }
 
-// triggerFor returns the trigger options for a container notified in mode.
-func (w *Watcher) triggerFor(mode cgroup.Mode) trigger.Options {
-	o := w.o.Trigger
+// idleFor is the idle sampling interval of a container notified in mode:
+// only kernel notifications at every trigger level make a long idle wait
+// safe (see trigger.Trigger.NextInterval).
+func (w *Watcher) idleFor(mode cgroup.Mode) time.Duration {
 	if mode == cgroup.ModeEventfd {
-		o.IdleInterval = w.o.IdleInterval
-	} else {
-		o.IdleInterval = 0
+		return w.o.IdleInterval
 	}
-	return o
+	return 0
 }
