@@ -177,3 +177,58 @@ func TestFixtureUnwatchedReported(t *testing.T) {
 		t.Errorf("last OnUnwatched %+v, want an empty list", last)
 	}
 }
+
+// TestScanOpensExecedGroupAtOnce: a new group whose process already runs
+// the container's own program (it shows HEAPWATCH_CONTAINER_NAME) is
+// watched by the first scan that sees it, so discovery takes one interval;
+// a group whose only process has the runtime helper's environment (runc
+// init, before its mounts and exec) is left for a later scan, neither
+// watched nor reported.
+func TestScanOpensExecedGroupAtOnce(t *testing.T) {
+	root, _ := v2Pod(t)
+	dir := filepath.Join(root, "30")
+	for name, content := range map[string]string{
+		"stat":    "30 (runc:[2:INIT]) S 0 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 1030 0 0",
+		"comm":    "runc:[2:INIT]\n",
+		"cmdline": "runc\x00init\x00",
+		"cgroup":  "0::/../starting\n",
+		"environ": "_LIBCONTAINER_INITPIPE=3\x00",
+	} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fsys, err := procfs.NewFS(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := New(Options{Trigger: trigger.Options{Thresholds: []float64{75}}}, fsys, &recorder{}, testLogger(t))
+	if w.sampler, err = newSampler(w); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		for _, c := range w.containers {
+			c.close()
+		}
+		wg.Wait()
+		w.sampler.close()
+	})
+	young := w.scan(&wg)
+	var names []string
+	for _, c := range w.containers {
+		names = append(names, c.c.Name)
+	}
+	if !slices.Equal(names, []string{"app"}) {
+		t.Errorf("after the first scan watching %v, want [app]", names)
+	}
+	if !young {
+		t.Error("the group of the process still in runc init was not left for a later scan")
+	}
+	if len(w.pending) != 0 || len(w.reported) != 0 {
+		t.Errorf("verdicts %v %v: a group in set-up must not be reported", w.pending, w.reported)
+	}
+}

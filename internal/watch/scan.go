@@ -105,7 +105,7 @@ func (w *Watcher) scan(wg *sync.WaitGroup) (young bool) {
 			w.firstSeen[key] = now
 			first = now
 		}
-		if now.Sub(first) < settleAge {
+		if now.Sub(first) < settleAge && !w.execed(members) {
 			young = true
 			continue
 		}
@@ -118,12 +118,12 @@ func (w *Watcher) scan(wg *sync.WaitGroup) (young bool) {
 }
 
 // settleAge is how long a memory cgroup must have had processes before the
-// watcher opens it. A container runtime joins the container's first
+// watcher opens it, unless a member already runs the container's own
+// program (see execed). A container runtime joins the container's first
 // process to its cgroup, then finishes its mounts (a read-only cgroupfs,
 // pivot_root) and execs: a sidecar that opened the cgroup view or
 // registered a notification in that window could make a remount fail
 // (EBUSY), harming the app, and would read a view that is about to change.
-// Waiting costs a fifth of a second of discovery.
 const settleAge = 200 * time.Millisecond
 
 // self returns the sidecar's PID in this tree and its memory cgroup key.
@@ -171,17 +171,35 @@ func (w *Watcher) excluded(p procfs.Proc, self int) (excluded, final bool, err e
 	return pause, pause, nil
 }
 
+// execed reports whether a member shows HEAPWATCH_CONTAINER_NAME, which
+// only the container's own program has: the runtime's helper that comes
+// first (runc init) keeps its own environment until it execs the
+// entrypoint, after the container's mounts are done. Such a group is
+// opened at once, within one interval of its process appearing.
+func (w *Watcher) execed(members []int) bool {
+	_, ok := w.envName(members)
+	return ok
+}
+
+// envName is HEAPWATCH_CONTAINER_NAME of the first member that has it.
+func (w *Watcher) envName(members []int) (string, bool) {
+	for _, pid := range members {
+		if v, ok, err := w.fs.Proc(pid).Getenv(settings.ContainerNameEnv); err == nil && ok && v != "" {
+			return v, true
+		}
+	}
+	return "", false
+}
+
 // name is HEAPWATCH_CONTAINER_NAME of the first member that has it, else
 // the container ID from the cgroup path. sure is false when no member has
 // the variable and the group was not seen unnamed before: a process inside
 // execve shows an empty environment for a moment, so the fallback name is
 // only taken at the second sighting.
 func (w *Watcher) name(key string, members []int, path string) (name string, sure bool) {
-	for _, pid := range members {
-		if v, ok, err := w.fs.Proc(pid).Getenv(settings.ContainerNameEnv); err == nil && ok && v != "" {
-			delete(w.unnamed, key)
-			return v, true
-		}
+	if v, ok := w.envName(members); ok {
+		delete(w.unnamed, key)
+		return v, true
 	}
 	if !w.unnamed[key] {
 		w.unnamed[key] = true
