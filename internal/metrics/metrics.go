@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,7 +48,14 @@ type Metrics struct {
 	spoolDropBytes prometheus.Counter
 	detection      prometheus.Histogram
 	unwatched      *prometheus.GaugeVec
+
+	// usage caches each container's two usage gauges (container name to
+	// *usageGauges): Usage runs at every sample, and resolving the label
+	// values is most of its cost. Series are never deleted.
+	usage sync.Map
 }
+
+type usageGauges struct{ ratio, bytes prometheus.Gauge }
 
 // New registers every metric in a new registry, with the Go and process
 // collectors.
@@ -123,8 +131,13 @@ func (m *Metrics) Usage(container string, workingSet, usage, limit uint64) {
 	if limit > 0 {
 		ratio = float64(usage) / float64(limit)
 	}
-	m.usageRatio.WithLabelValues(container).Set(ratio)
-	m.usageBytes.WithLabelValues(container).Set(float64(workingSet))
+	g, ok := m.usage.Load(container)
+	if !ok {
+		g, _ = m.usage.LoadOrStore(container, &usageGauges{m.usageRatio.WithLabelValues(container), m.usageBytes.WithLabelValues(container)})
+	}
+	u := g.(*usageGauges)
+	u.ratio.Set(ratio)
+	u.bytes.Set(float64(workingSet))
 }
 
 // SetUnwatched replaces the set of containers not watched: reason by
