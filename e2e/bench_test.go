@@ -179,8 +179,11 @@ func BenchmarkDetectionLatency(b *testing.B) {
 // it watches one idle container with a limit, beside the floor of that
 // work: testdata/pollfloor.c (built here with the machine's cc), which
 // sleeps one interval and preads the files the sidecar reads per idle
-// sample (cgroup.SampleFiles) of the same cgroup, and nothing else. Both
-// run at the same time, so the ratio is measured side by side. CPU is
+// sample (cgroup.SampleFiles) of the same cgroup, and nothing else, and
+// testdata/gofloor, the same loop in Go (what the Go runtime alone costs
+// per wakeup). All run at the same time, so the ratios are side by side:
+// ratio-schedstat is sidecar / C floor, gofloor-ratio-schedstat Go floor /
+// C floor, ratio-to-gofloor-schedstat sidecar / Go floor. CPU is
 // utime+stime from /proc/<pid>/stat (10 ms ticks; cpu-%) and the summed
 // per-thread schedstat run time (ns; cpu-%-schedstat) over the same
 // window; ratio-schedstat = sidecar / floor. "polling": a read-only cgroup
@@ -189,7 +192,7 @@ func BenchmarkDetectionLatency(b *testing.B) {
 // fastest only near a level).
 func BenchmarkSidecarCPU(b *testing.B) {
 	requirePods(b)
-	floor := buildFloor(b)
+	floor, gofloor := buildFloor(b), buildGoFloor(b)
 	window := 40 * time.Second
 	if v := os.Getenv("HEAPWATCH_CPU_WINDOW"); v != "" {
 		if d, err := time.ParseDuration(v); err == nil {
@@ -206,19 +209,14 @@ func BenchmarkSidecarCPU(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			fpid := 0
+			fpid, gpid := 0, 0
 			if tc.interval == "100ms" {
 				var files []string
 				for _, f := range cgroup.SampleFiles(cgroup.V1) {
 					files = append(files, filepath.Join(r.app.CgroupDir, f))
 				}
-				cmd := exec.Command(floor, append([]string{"100"}, files...)...)
-				cmd.Stderr = os.Stderr
-				if err := cmd.Start(); err != nil {
-					b.Fatal(err)
-				}
-				b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-				fpid = cmd.Process.Pid
+				fpid = startFloor(b, floor, files)
+				gpid = startFloor(b, gofloor, files)
 			}
 			waitUntil(b, 10*time.Second, "the app to be watched", func() bool {
 				return strings.Contains(r.logs.String(), `"msg":"watching container","container":"app"`)
@@ -229,6 +227,7 @@ func BenchmarkSidecarCPU(b *testing.B) {
 				b.Fatal(err)
 			}
 			f0, _ := cpuTime(fpid)
+			g0, _ := cpuTime(gpid)
 			start := time.Now()
 			time.Sleep(window)
 			s1, err := cpuTime(pid)
@@ -236,6 +235,7 @@ func BenchmarkSidecarCPU(b *testing.B) {
 				b.Fatal(err)
 			}
 			f1, _ := cpuTime(fpid)
+			g1, _ := cpuTime(gpid)
 			elapsed := time.Since(start)
 			b.ReportMetric(s1.sub(s0).tickPct(elapsed), "cpu-%")
 			b.ReportMetric(s1.sub(s0).runPct(elapsed), "cpu-%-schedstat")
@@ -246,6 +246,12 @@ func BenchmarkSidecarCPU(b *testing.B) {
 				b.ReportMetric(f1.sub(f0).tickPct(elapsed), "floor-cpu-%")
 				b.ReportMetric(f1.sub(f0).runPct(elapsed), "floor-cpu-%-schedstat")
 				b.ReportMetric(float64(s1.runNS-s0.runNS)/float64(f1.runNS-f0.runNS), "ratio-schedstat")
+				if g1.runNS == 0 {
+					b.Fatalf("Go floor program %d not measured", gpid)
+				}
+				b.ReportMetric(g1.sub(g0).runPct(elapsed), "gofloor-cpu-%-schedstat")
+				b.ReportMetric(float64(g1.runNS-g0.runNS)/float64(f1.runNS-f0.runNS), "gofloor-ratio-schedstat")
+				b.ReportMetric(float64(s1.runNS-s0.runNS)/float64(g1.runNS-g0.runNS), "ratio-to-gofloor-schedstat")
 				if ft := f1.ticks - f0.ticks; ft > 0 {
 					b.ReportMetric(float64(s1.ticks-s0.ticks)/float64(ft), "ratio-ticks")
 				}
@@ -267,6 +273,31 @@ func buildFloor(b *testing.B) string {
 		b.Fatalf("building the floor program with %s: %v\n%s", cc, err, msg)
 	}
 	return out
+}
+
+// buildGoFloor builds testdata/gofloor, the same floor written in Go.
+func buildGoFloor(b *testing.B) string {
+	b.Helper()
+	out := filepath.Join(b.TempDir(), "gofloor")
+	cmd := exec.Command("go", "build", "-o", out, "./testdata/gofloor")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("building the Go floor program: %v\n%s", err, msg)
+	}
+	return out
+}
+
+// startFloor runs a floor program at 100 ms over files until the benchmark
+// ends, and returns its PID.
+func startFloor(b *testing.B, bin string, files []string) int {
+	b.Helper()
+	cmd := exec.Command(bin, append([]string{"100"}, files...)...)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return cmd.Process.Pid
 }
 
 // cpuUse is a process's CPU time so far.
