@@ -108,12 +108,14 @@ func run(log *slog.Logger, f flags) error {
 	}()
 
 	col := collect.New(collect.Options{
-		Pod: pod, Profiles: cfg.Profiles, Ports: cfg.Ports, Proc: proc,
-		Pprof: pprof.NewClient(pprof.Options{Path: cfg.PprofPath, MaxBytes: f.maxProfile}),
-		Spool: sp, Log: log, Metrics: m,
+		Profiles: cfg.Profiles,
+		Source: pprof.NewPorts(pprof.PortsOptions{Client: pprof.NewClient(pprof.Options{Path: cfg.PprofPath, MaxBytes: f.maxProfile}),
+			Proc: proc, Ports: cfg.Ports, Log: log}),
+		Spool: sp, Log: log, Observers: []collect.Observer{collect.LogObserver{Log: log}, collect.MetricsObserver{M: m}},
 	})
-	h := collect.Handler{C: col}
-	w := watch.New(watch.Options{Trigger: triggerOptions(cfg), Containers: cfg.Containers, OnSample: h.ObserveSample, OnUnwatched: h.ObserveUnwatched}, proc, h, log)
+	h := collect.Handler{C: col, Metrics: m}
+	w := watch.New(watch.Options{Trigger: triggerOptions(cfg), Containers: cfg.Containers, OnSample: h.ObserveSample, OnUnwatched: h.ObserveUnwatched,
+		Discover: watch.NewPodContainers(proc, pod.Container(""))}, proc, h, log)
 	watchErr := w.Run(ctx)
 	if watchErr != nil && ctx.Err() == nil {
 		log.Error("watching stopped; captures already taken are still uploaded", "err", watchErr)

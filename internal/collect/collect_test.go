@@ -71,8 +71,16 @@ type fixture struct {
 	store store.Store
 }
 
-func newFixture(t *testing.T, ports []int) *fixture {
+// pod is the fixture's pod; its container "app" is the test process.
+var pod = Pod{Namespace: "ns", Name: "pod-1", UID: "uid-1", Node: "node-1"}
+
+// newFixture returns a collector of the test's pod through the pprof
+// source on ports, logging to log (nil: discarded).
+func newFixture(t *testing.T, ports []int, log *slog.Logger) *fixture {
 	t.Helper()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	fs, err := procfs.NewFS("/proc")
 	if err != nil {
 		t.Fatal(err)
@@ -86,19 +94,19 @@ func newFixture(t *testing.T, ports []int) *fixture {
 		t.Fatal(err)
 	}
 	c := New(Options{
-		Pod:      Pod{Namespace: "ns", Name: "pod-1", UID: "uid-1", Node: "node-1"},
 		Profiles: []string{"heap", "goroutine", "allocs"},
-		Ports:    ports,
-		Proc:     fs,
-		Pprof:    pprof.NewClient(pprof.Options{ProbeTimeout: 300 * time.Millisecond}),
-		Spool:    sp,
+		Source: pprof.NewPorts(pprof.PortsOptions{Client: pprof.NewClient(pprof.Options{ProbeTimeout: 300 * time.Millisecond}),
+			Proc: fs, Ports: ports, Log: log}),
+		Spool:     sp,
+		Log:       log,
+		Observers: []Observer{LogObserver{Log: log}},
 	})
 	t.Cleanup(func() { c.Close(5 * time.Second) })
 	return &fixture{c: c, spool: sp, store: st}
 }
 
 func request(kind string, hold bool) Request {
-	return Request{Container: "app", PIDs: []int{os.Getpid()}, Kind: kind, Reason: "test", Hold: hold,
+	return Request{Container: "app", Target: pod.Container("app"), PIDs: []int{os.Getpid()}, Kind: kind, Reason: "test", Hold: hold,
 		DetectedAt: time.Now(), Memory: capture.Memory{UsageBytes: 100, WorkingSetBytes: 90, LimitBytes: 200},
 		Stat: map[string]uint64{"rss": 80}}
 }
@@ -150,7 +158,7 @@ func (f *fixture) stored(t *testing.T) []*capture.Metadata {
 }
 
 func TestCaptureFindsPprofBesideSilentPort(t *testing.T) {
-	f := newFixture(t, nil)
+	f := newFixture(t, nil, nil)
 	f.c.Enqueue(request("threshold-60", false))
 	f.settle(t, 1)
 	metas := f.stored(t)
@@ -192,7 +200,7 @@ func profileNames(m *capture.Metadata) []string {
 }
 
 func TestPortsSettingExcludesPprof(t *testing.T) {
-	f := newFixture(t, []int{silentPort})
+	f := newFixture(t, []int{silentPort}, nil)
 	f.c.Enqueue(request("threshold-60", false))
 	f.c.Close(5 * time.Second)
 	if ids, _ := f.spool.Pending(); len(ids) != 0 {
@@ -201,7 +209,7 @@ func TestPortsSettingExcludesPprof(t *testing.T) {
 }
 
 func TestHeldCaptureShippedFinalOnKill(t *testing.T) {
-	f := newFixture(t, []int{pprofPort})
+	f := newFixture(t, []int{pprofPort}, nil)
 	f.c.Enqueue(request("growth", true))
 	f.settle(t, 1)
 	f.c.Enqueue(request("growth", true))
@@ -235,7 +243,7 @@ func TestHeldCaptureShippedFinalOnKill(t *testing.T) {
 }
 
 func TestStoredCaptureAmendedFinalOnKill(t *testing.T) {
-	f := newFixture(t, nil)
+	f := newFixture(t, nil, nil)
 	f.c.Enqueue(request("growth", true))
 	f.settle(t, 1)
 	f.c.Enqueue(request("threshold-90", false))
@@ -254,7 +262,7 @@ func TestStoredCaptureAmendedFinalOnKill(t *testing.T) {
 }
 
 func TestCoalescedCapturesHaveDistinctKeys(t *testing.T) {
-	f := newFixture(t, nil)
+	f := newFixture(t, nil, nil)
 	for range 20 {
 		f.c.Enqueue(request("threshold-60", false))
 	}
@@ -306,8 +314,7 @@ func (l *logBuffer) count(msg string) int {
 
 func TestSeenDiscoversAheadAndLogsMissingPprofOnce(t *testing.T) {
 	logs := &logBuffer{}
-	f := newFixture(t, nil)
-	f.c.o.Log = slog.New(slog.NewJSONHandler(logs, nil))
+	f := newFixture(t, nil, slog.New(slog.NewJSONHandler(logs, nil)))
 
 	// The test process serves pprof: found from the samples alone.
 	f.c.Seen("app", []int{os.Getpid()})
@@ -328,7 +335,7 @@ func TestSeenDiscoversAheadAndLogsMissingPprofOnce(t *testing.T) {
 	waitLog(t, logs, "no pprof endpoint found in container; captures will be skipped until one appears", 1)
 	for range 3 {
 		f.c.Seen("quiet", pids)
-		f.c.Enqueue(Request{Container: "quiet", PIDs: pids, Kind: "threshold-60"})
+		f.c.Enqueue(Request{Container: "quiet", Target: pod.Container("quiet"), PIDs: pids, Kind: "threshold-60"})
 	}
 	f.c.Close(5 * time.Second)
 	if n := logs.count("no pprof endpoint found in container; captures will be skipped until one appears"); n != 1 {
@@ -354,8 +361,7 @@ func lateApp() {
 // as soon as a trigger fires, not after the rediscovery interval.
 func TestCaptureRechecksAppThatListenedLate(t *testing.T) {
 	logs := &logBuffer{}
-	f := newFixture(t, nil)
-	f.c.o.Log = slog.New(slog.NewJSONHandler(logs, nil))
+	f := newFixture(t, nil, slog.New(slog.NewJSONHandler(logs, nil)))
 
 	app := exec.Command(os.Args[0])
 	app.Env = append(os.Environ(), envLateApp+"=1")
@@ -381,7 +387,7 @@ func TestCaptureRechecksAppThatListenedLate(t *testing.T) {
 	}
 	// One trigger, well within rediscoverAfter of the first look, and no
 	// further samples: only a fresh look at the process can find the port.
-	f.c.Enqueue(Request{Container: "late", PIDs: pids, Kind: "threshold-60", DetectedAt: time.Now()})
+	f.c.Enqueue(Request{Container: "late", Target: pod.Container("late"), PIDs: pids, Kind: "threshold-60", DetectedAt: time.Now()})
 	f.settle(t, 1)
 }
 
