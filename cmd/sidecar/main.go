@@ -75,8 +75,8 @@ func run(log *slog.Logger, f flags) error {
 		log.Warn("invalid setting; using the default for it", "variable", p.Source, "value", p.Value, "using", p.Used, "err", errors.Unwrap(p.Err))
 	}
 	limitSelf(log, cfg)
-	pod := collect.PodFromEnv(os.LookupEnv)
-	log.Info("heapwatch sidecar starting", "version", version, "namespace", pod.Namespace, "pod", pod.Name,
+	pod := watch.PodFromEnv(os.LookupEnv)
+	log.Info("heapwatch sidecar starting", "version", version, "namespace", pod.Namespace, "pod", pod.Pod,
 		"node", pod.Node, "storage", store.RedactURL(cfg.Storage), "thresholds", cfg.Thresholds, "interval", cfg.Interval,
 		"horizon", cfg.Horizon, "profiles", cfg.Profiles, "pprofPath", cfg.PprofPath, "spoolDir", f.spoolDir,
 		"securityMode", cfg.SecurityMode, "uid", os.Getuid(), "gid", os.Getgid())
@@ -115,7 +115,7 @@ func run(log *slog.Logger, f flags) error {
 	})
 	h := collect.Handler{C: col, Metrics: m}
 	w := watch.New(watch.Options{Trigger: triggerOptions(cfg), Containers: cfg.Containers, OnSample: h.ObserveSample, OnUnwatched: h.ObserveUnwatched,
-		Discover: watch.NewPodContainers(proc, pod.Container(""))}, proc, h, log)
+		Discover: watch.NewPodContainers(proc, pod)}, proc, h, log)
 	watchErr := w.Run(ctx)
 	if watchErr != nil && ctx.Err() == nil {
 		log.Error("watching stopped; captures already taken are still uploaded", "err", watchErr)

@@ -14,57 +14,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/heapwatch/heapwatch/capture"
 	"github.com/heapwatch/heapwatch/internal/source"
 	"github.com/heapwatch/heapwatch/internal/spool"
-	"github.com/heapwatch/heapwatch/settings"
 )
-
-// Pod names the pod the captures come from.
-type Pod struct {
-	Namespace, Name, UID, Node string
-}
-
-// serviceAccountNamespace is where Kubernetes mounts the pod's namespace.
-const serviceAccountNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-
-// PodFromEnv reads POD_NAME, POD_NAMESPACE, POD_UID and NODE_NAME (the
-// downward API). Outside Kubernetes the pod and node fall back to the
-// hostname and the namespace to the service account's, else "default".
-func PodFromEnv(lookup func(string) (string, bool)) Pod {
-	get := func(k string) string {
-		v, _ := lookup(k)
-		return strings.TrimSpace(v)
-	}
-	p := Pod{Namespace: get(settings.EnvPodNamespace), Name: get(settings.EnvPodName), UID: get(settings.EnvPodUID), Node: get(settings.EnvNodeName)}
-	host, _ := os.Hostname()
-	if p.Name == "" {
-		p.Name = host
-	}
-	if p.Node == "" {
-		p.Node = host
-	}
-	if p.Namespace == "" {
-		if b, err := os.ReadFile(serviceAccountNamespace); err == nil {
-			p.Namespace = strings.TrimSpace(string(b))
-		}
-	}
-	if p.Namespace == "" {
-		p.Namespace = "default"
-	}
-	return p
-}
-
-// Container is the identity of the pod's container name.
-func (p Pod) Container(name string) capture.PodContainer {
-	return capture.PodContainer{Namespace: p.Namespace, Pod: p.Name, UID: p.UID, Node: p.Node, Container: name}
-}
 
 // Request is one capture to perform.
 type Request struct {

@@ -72,7 +72,14 @@ type fixture struct {
 }
 
 // pod is the fixture's pod; its container "app" is the test process.
-var pod = Pod{Namespace: "ns", Name: "pod-1", UID: "uid-1", Node: "node-1"}
+var pod = capture.PodContainer{Namespace: "ns", Pod: "pod-1", UID: "uid-1", Node: "node-1"}
+
+// container is the identity of the fixture pod's container name.
+func container(name string) capture.PodContainer {
+	c := pod
+	c.Container = name
+	return c
+}
 
 // newFixture returns a collector of the test's pod through the pprof
 // source on ports, logging to log (nil: discarded).
@@ -106,7 +113,7 @@ func newFixture(t *testing.T, ports []int, log *slog.Logger) *fixture {
 }
 
 func request(kind string, hold bool) Request {
-	return Request{Container: "app", Target: pod.Container("app"), PIDs: []int{os.Getpid()}, Kind: kind, Reason: "test", Hold: hold,
+	return Request{Container: "app", Target: container("app"), PIDs: []int{os.Getpid()}, Kind: kind, Reason: "test", Hold: hold,
 		DetectedAt: time.Now(), Memory: capture.Memory{UsageBytes: 100, WorkingSetBytes: 90, LimitBytes: 200},
 		Stat: map[string]uint64{"rss": 80}}
 }
@@ -280,20 +287,6 @@ func TestCoalescedCapturesHaveDistinctKeys(t *testing.T) {
 	}
 }
 
-func TestPodFromEnv(t *testing.T) {
-	host, _ := os.Hostname()
-	env := map[string]string{"POD_NAME": "web-1", "POD_NAMESPACE": "shop", "POD_UID": "u", "NODE_NAME": "n1"}
-	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
-	if got := PodFromEnv(lookup); got != (Pod{Namespace: "shop", Name: "web-1", UID: "u", Node: "n1"}) {
-		t.Errorf("PodFromEnv = %+v", got)
-	}
-	none := func(string) (string, bool) { return "", false }
-	got := PodFromEnv(none)
-	if got.Name != host || got.Node != host || got.Namespace == "" {
-		t.Errorf("fallback = %+v, want hostname %q", got, host)
-	}
-}
-
 // logBuffer collects the collector's JSON log lines.
 type logBuffer struct {
 	mu sync.Mutex
@@ -335,7 +328,7 @@ func TestSeenDiscoversAheadAndLogsMissingPprofOnce(t *testing.T) {
 	waitLog(t, logs, "no pprof endpoint found in container; captures will be skipped until one appears", 1)
 	for range 3 {
 		f.c.Seen("quiet", pids)
-		f.c.Enqueue(Request{Container: "quiet", Target: pod.Container("quiet"), PIDs: pids, Kind: "threshold-60"})
+		f.c.Enqueue(Request{Container: "quiet", Target: container("quiet"), PIDs: pids, Kind: "threshold-60"})
 	}
 	f.c.Close(5 * time.Second)
 	if n := logs.count("no pprof endpoint found in container; captures will be skipped until one appears"); n != 1 {
@@ -387,7 +380,7 @@ func TestCaptureRechecksAppThatListenedLate(t *testing.T) {
 	}
 	// One trigger, well within rediscoverAfter of the first look, and no
 	// further samples: only a fresh look at the process can find the port.
-	f.c.Enqueue(Request{Container: "late", Target: pod.Container("late"), PIDs: pids, Kind: "threshold-60", DetectedAt: time.Now()})
+	f.c.Enqueue(Request{Container: "late", Target: container("late"), PIDs: pids, Kind: "threshold-60", DetectedAt: time.Now()})
 	f.settle(t, 1)
 }
 

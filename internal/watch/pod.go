@@ -2,6 +2,8 @@ package watch
 
 import (
 	"fmt"
+	"os"
+	"strings"
 
 	"github.com/heapwatch/heapwatch/capture"
 	"github.com/heapwatch/heapwatch/internal/procfs"
@@ -161,4 +163,35 @@ func (d *PodContainers) name(key string, members []int, path string) (name strin
 		return "", false
 	}
 	return procfs.ContainerID(path), true
+}
+
+// serviceAccountNamespace is where Kubernetes mounts the pod's namespace.
+const serviceAccountNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// PodFromEnv reads POD_NAME, POD_NAMESPACE, POD_UID and NODE_NAME (the
+// downward API) into the pod's identity (without a container). Outside
+// Kubernetes the pod and node fall back to the hostname and the namespace
+// to the service account's, else "default".
+func PodFromEnv(lookup func(string) (string, bool)) capture.PodContainer {
+	get := func(k string) string {
+		v, _ := lookup(k)
+		return strings.TrimSpace(v)
+	}
+	p := capture.PodContainer{Namespace: get(settings.EnvPodNamespace), Pod: get(settings.EnvPodName), UID: get(settings.EnvPodUID), Node: get(settings.EnvNodeName)}
+	host, _ := os.Hostname()
+	if p.Pod == "" {
+		p.Pod = host
+	}
+	if p.Node == "" {
+		p.Node = host
+	}
+	if p.Namespace == "" {
+		if b, err := os.ReadFile(serviceAccountNamespace); err == nil {
+			p.Namespace = strings.TrimSpace(string(b))
+		}
+	}
+	if p.Namespace == "" {
+		p.Namespace = "default"
+	}
+	return p
 }
