@@ -1,5 +1,6 @@
-// Package watch is the sidecar's observing loop: it finds the other
-// containers of the pod in the shared PID namespace, follows each one's
+// Package watch is the sidecar's observing loop: it finds what to watch
+// through a Discoverer (the other containers of the pod in the shared PID
+// namespace, PodContainers), follows each one's
 // memory cgroup (kernel notifications plus adaptive sampling), feeds the
 // trigger and tells a Handler when to capture and when a container was
 // OOM-killed.
