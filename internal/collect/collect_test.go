@@ -92,14 +92,7 @@ func newFixture(t *testing.T, ports []int, log *slog.Logger) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sp, err := spool.Open(t.TempDir(), spool.Options{MaxBytes: 64 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(context.Background(), "file://"+t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	sp, st := spoolAndStore(t)
 	c := New(Options{
 		Profiles: []string{"heap", "goroutine", "allocs"},
 		Source: pprof.NewPorts(pprof.PortsOptions{Client: pprof.NewClient(pprof.Options{ProbeTimeout: 300 * time.Millisecond}),
@@ -110,6 +103,20 @@ func newFixture(t *testing.T, ports []int, log *slog.Logger) *fixture {
 	})
 	t.Cleanup(func() { c.Close(5 * time.Second) })
 	return &fixture{c: c, spool: sp, store: st}
+}
+
+// spoolAndStore opens a spool and a file:// store in temp dirs.
+func spoolAndStore(t *testing.T) (*spool.Spool, store.Store) {
+	t.Helper()
+	sp, err := spool.Open(t.TempDir(), spool.Options{MaxBytes: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(context.Background(), "file://"+t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sp, st
 }
 
 func request(kind string, hold bool) Request {

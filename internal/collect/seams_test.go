@@ -14,8 +14,6 @@ import (
 
 	"github.com/heapwatch/heapwatch/capture"
 	"github.com/heapwatch/heapwatch/internal/source"
-	"github.com/heapwatch/heapwatch/internal/spool"
-	"github.com/heapwatch/heapwatch/store"
 )
 
 // funcSource is a second Source: profiles made by an in-process function,
@@ -91,14 +89,7 @@ func init() {
 // Observer and a non-pod Target fetches through that source only, stores
 // under the target's keys, and tells the observer every outcome.
 func TestSeamsSourceObserverTarget(t *testing.T) {
-	sp, err := spool.Open(t.TempDir(), spool.Options{MaxBytes: 64 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(context.Background(), "file://"+t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	sp, st := spoolAndStore(t)
 	src := &funcSource{serves: map[int]bool{4242: true}}
 	rec := &recorder{}
 	c := New(Options{Profiles: []string{"heap", "goroutine"}, Source: src, Spool: sp, Observers: []Observer{rec}})
@@ -167,10 +158,7 @@ func TestSeamsSourceObserverTarget(t *testing.T) {
 // TestFailedFetchTellsObserverAndSource: a heap fetch that fails is a
 // Failed event, and the source forgets the endpoint.
 func TestFailedFetchTellsObserverAndSource(t *testing.T) {
-	sp, err := spool.Open(t.TempDir(), spool.Options{MaxBytes: 64 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sp, _ := spoolAndStore(t)
 	src := &funcSource{serves: map[int]bool{4242: true}}
 	rec := &recorder{}
 	c := New(Options{Profiles: []string{"heap"}, Source: failSource{src}, Spool: sp, Observers: []Observer{rec}})
