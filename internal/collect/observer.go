@@ -58,12 +58,6 @@ type Observer interface {
 	Observe(Event)
 }
 
-// ObserverFunc adapts a function to an Observer.
-type ObserverFunc func(Event)
-
-// Observe calls f.
-func (f ObserverFunc) Observe(ev Event) { f(ev) }
-
 func (c *Collector) notify(ev Event) {
 	for _, o := range c.o.Observers {
 		o.Observe(ev)
