@@ -172,13 +172,16 @@ type Profile struct {
 type Metadata struct {
 	SchemaVersion int    `json:"schemaVersion"`
 	ID            string `json:"id"`
-	Namespace     string `json:"namespace"`
-	Pod           string `json:"pod"`
-	PodUID        string `json:"podUID,omitempty"`
-	Node          string `json:"node,omitempty"`
-	Container     string `json:"container"`
-	PID           int    `json:"pid"`
-	Port          int    `json:"port"`
+	// TargetKind names the kind of Target the capture is of (see
+	// RegisterTarget); empty for a pod's container, whose fields follow.
+	TargetKind string `json:"targetKind,omitempty"`
+	Namespace  string `json:"namespace"`
+	Pod        string `json:"pod"`
+	PodUID     string `json:"podUID,omitempty"`
+	Node       string `json:"node,omitempty"`
+	Container  string `json:"container"`
+	PID        int    `json:"pid"`
+	Port       int    `json:"port"`
 	// Trigger is the kind that fired (threshold-75, predictive, growth, ...);
 	// Reason says why in words.
 	Trigger string `json:"trigger"`
@@ -213,9 +216,15 @@ type Point struct {
 	Trigger string `json:"trigger,omitempty"`
 }
 
-// Name returns the Name the metadata was stored under.
+// Name returns the Name the metadata was stored under: its target's
+// segments, CapturedAt and Trigger. A target of an unknown kind yields its
+// stored pod fields, which DecodeMetadata has rejected already.
 func (m *Metadata) Name() Name {
-	return Name{Namespace: m.Namespace, Pod: m.Pod, Container: m.Container, Time: m.CapturedAt, Trigger: m.Trigger}
+	t, err := m.Target()
+	if err != nil {
+		t = PodContainer{Namespace: m.Namespace, Pod: m.Pod, Container: m.Container}
+	}
+	return NameOf(t, m.CapturedAt, m.Trigger)
 }
 
 // TotalBytes sums the sizes of the stored profiles.
@@ -236,7 +245,11 @@ func DecodeMetadata(data []byte) (*Metadata, error) {
 	if m.SchemaVersion < 1 || m.SchemaVersion > SchemaVersion {
 		return nil, fmt.Errorf("decode capture metadata: unsupported schemaVersion %d", m.SchemaVersion)
 	}
-	if m.CapturedAt.IsZero() || m.Namespace == "" || m.Pod == "" || m.Container == "" {
+	t, err := m.Target()
+	if err != nil {
+		return nil, fmt.Errorf("decode capture metadata: %w", err)
+	}
+	if s := t.Segments(); m.CapturedAt.IsZero() || s[0] == "" || s[1] == "" || s[2] == "" {
 		return nil, errors.New("decode capture metadata: missing namespace, pod, container or capturedAt")
 	}
 	return &m, nil

@@ -75,8 +75,8 @@ func run(log *slog.Logger, f flags) error {
 		log.Warn("invalid setting; using the default for it", "variable", p.Source, "value", p.Value, "using", p.Used, "err", errors.Unwrap(p.Err))
 	}
 	limitSelf(log, cfg)
-	pod := collect.PodFromEnv(os.LookupEnv)
-	log.Info("heapwatch sidecar starting", "version", version, "namespace", pod.Namespace, "pod", pod.Name,
+	pod := watch.PodFromEnv(os.LookupEnv)
+	log.Info("heapwatch sidecar starting", "version", version, "namespace", pod.Namespace, "pod", pod.Pod,
 		"node", pod.Node, "storage", store.RedactURL(cfg.Storage), "thresholds", cfg.Thresholds, "interval", cfg.Interval,
 		"horizon", cfg.Horizon, "profiles", cfg.Profiles, "pprofPath", cfg.PprofPath, "spoolDir", f.spoolDir,
 		"securityMode", cfg.SecurityMode, "uid", os.Getuid(), "gid", os.Getgid())
@@ -108,12 +108,14 @@ func run(log *slog.Logger, f flags) error {
 	}()
 
 	col := collect.New(collect.Options{
-		Pod: pod, Profiles: cfg.Profiles, Ports: cfg.Ports, Proc: proc,
-		Pprof: pprof.NewClient(pprof.Options{Path: cfg.PprofPath, MaxBytes: f.maxProfile}),
-		Spool: sp, Log: log, Metrics: m,
+		Profiles: cfg.Profiles,
+		Source: pprof.NewPorts(pprof.PortsOptions{Client: pprof.NewClient(pprof.Options{Path: cfg.PprofPath, MaxBytes: f.maxProfile}),
+			Proc: proc, Ports: cfg.Ports, Log: log}),
+		Spool: sp, Log: log, Observers: []collect.Observer{collect.LogObserver{Log: log}, collect.MetricsObserver{M: m}},
 	})
-	h := collect.Handler{C: col}
-	w := watch.New(watch.Options{Trigger: triggerOptions(cfg), Containers: cfg.Containers, OnSample: h.ObserveSample, OnUnwatched: h.ObserveUnwatched}, proc, h, log)
+	h := collect.Handler{C: col, Metrics: m}
+	w := watch.New(watch.Options{Trigger: triggerOptions(cfg), Containers: cfg.Containers, OnSample: h.ObserveSample, OnUnwatched: h.ObserveUnwatched,
+		Discover: watch.NewPodContainers(proc, pod)}, proc, h, log)
 	watchErr := w.Run(ctx)
 	if watchErr != nil && ctx.Err() == nil {
 		log.Error("watching stopped; captures already taken are still uploaded", "err", watchErr)

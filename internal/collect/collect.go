@@ -1,7 +1,8 @@
-// Package collect performs captures: for each triggered container it finds
-// the process(es) serving pprof, fetches the configured profiles into a
-// spool entry with the capture's metadata, and on an OOM kill marks the last
-// capture before the kill as final.
+// Package collect performs captures: for each triggered target it asks its
+// Source for the process(es) serving profiles, fetches the configured
+// profiles into a spool entry with the capture's metadata, and on an OOM
+// kill marks the last capture before the kill as final. What becomes of
+// each capture is told to Observers (metrics, logs).
 //
 // Each container has one worker goroutine; requests that arrive while a
 // capture runs are coalesced into one, so a burst of triggers costs one
@@ -13,58 +14,21 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/heapwatch/heapwatch/capture"
-	"github.com/heapwatch/heapwatch/internal/metrics"
-	"github.com/heapwatch/heapwatch/internal/pprof"
-	"github.com/heapwatch/heapwatch/internal/procfs"
+	"github.com/heapwatch/heapwatch/internal/source"
 	"github.com/heapwatch/heapwatch/internal/spool"
-	"github.com/heapwatch/heapwatch/settings"
 )
-
-// Pod names the pod the captures come from.
-type Pod struct {
-	Namespace, Name, UID, Node string
-}
-
-// serviceAccountNamespace is where Kubernetes mounts the pod's namespace.
-const serviceAccountNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-
-// PodFromEnv reads POD_NAME, POD_NAMESPACE, POD_UID and NODE_NAME (the
-// downward API). Outside Kubernetes the pod and node fall back to the
-// hostname and the namespace to the service account's, else "default".
-func PodFromEnv(lookup func(string) (string, bool)) Pod {
-	get := func(k string) string {
-		v, _ := lookup(k)
-		return strings.TrimSpace(v)
-	}
-	p := Pod{Namespace: get(settings.EnvPodNamespace), Name: get(settings.EnvPodName), UID: get(settings.EnvPodUID), Node: get(settings.EnvNodeName)}
-	host, _ := os.Hostname()
-	if p.Name == "" {
-		p.Name = host
-	}
-	if p.Node == "" {
-		p.Node = host
-	}
-	if p.Namespace == "" {
-		if b, err := os.ReadFile(serviceAccountNamespace); err == nil {
-			p.Namespace = strings.TrimSpace(string(b))
-		}
-	}
-	if p.Namespace == "" {
-		p.Namespace = "default"
-	}
-	return p
-}
 
 // Request is one capture to perform.
 type Request struct {
+	// Container names the worker; Target is the identity the capture's
+	// keys and metadata take.
 	Container string
+	Target    capture.Target
 	PIDs      []int
 	Kind      string // trigger kind: threshold-75, predictive, growth, ...
 	Reason    string
@@ -78,15 +42,12 @@ type Request struct {
 
 // Options configure a Collector.
 type Options struct {
-	Pod      Pod
 	Profiles []string // heap first
-	// Ports limits which listening ports are probed; empty probes all.
-	Ports   []int
-	Proc    procfs.FS
-	Pprof   *pprof.Client
-	Spool   *spool.Spool
-	Log     *slog.Logger
-	Metrics *metrics.Metrics
+	Source   source.Source
+	Spool    *spool.Spool
+	Log      *slog.Logger
+	// Observers are told what becomes of every capture.
+	Observers []Observer
 }
 
 // Collector performs captures. Its methods never block on a capture.
@@ -128,26 +89,15 @@ type worker struct {
 	tl       timeline // the last minute of samples, for capture metadata
 
 	// Owned by the worker goroutine:
-	procs    map[int]procEndpoint // pprof endpoint (or none) per process
-	last     *stored              // newest capture since the last kill
-	held     *stored              // newest held capture, not uploaded
+	last     *stored // newest capture since the last kill
+	held     *stored // newest held capture, not uploaded
 	lastTime time.Time
-	logged   bool // "no pprof endpoint" logged since one was last found
+	missing  bool // Missing told since an endpoint was last found
 }
 
-// procEndpoint is what discovery found for one process: listing a
-// process's ports reads /proc/<pid>/net/tcp, which takes tens of
-// milliseconds in a busy network namespace, so it is done ahead of
-// captures and remembered.
-type procEndpoint struct {
-	start uint64 // the process's start time: a reused PID is another process
-	ep    pprof.Endpoint
-	ok    bool
-	at    time.Time
-}
-
-// Discovery timing: a process without a pprof endpoint is looked at again
-// after rediscoverAfter (it may open its port late).
+// rediscoverAfter is how often a target without an endpoint is asked for
+// again from its samples (it may open its port late); what the Source
+// remembers in between is its own.
 const rediscoverAfter = 5 * time.Second
 
 type kill struct{ at time.Time }
@@ -167,8 +117,7 @@ func (c *Collector) worker(name string) *worker {
 	}
 	w, ok := c.workers[name]
 	if !ok {
-		w = &worker{c: c, name: name, log: c.o.Log.With("container", name), wake: make(chan struct{}, 1),
-			procs: make(map[int]procEndpoint)}
+		w = &worker{c: c, name: name, log: c.o.Log.With("container", name), wake: make(chan struct{}, 1)}
 		c.workers[name] = w
 		c.wg.Add(1)
 		go w.run()
@@ -187,7 +136,7 @@ func (c *Collector) Enqueue(r Request) {
 	w.pending, dropped = coalesce(w.pending, &r)
 	w.mu.Unlock()
 	if dropped != nil {
-		c.o.Metrics.Capture(r.Container, dropped.Kind, metrics.OutcomeCoalesced)
+		c.notify(Event{Outcome: Coalesced, Target: r.Container, Trigger: dropped.Kind, Reason: dropped.Reason})
 	}
 	w.poke()
 }
@@ -246,7 +195,6 @@ func (c *Collector) Killed(container string, at time.Time) {
 	if w == nil {
 		return
 	}
-	c.o.Metrics.OOMKill(container)
 	w.mu.Lock()
 	w.kills = append(w.kills, kill{at: at})
 	w.mu.Unlock()
@@ -316,7 +264,7 @@ func (w *worker) drain() {
 			w.oomKilled(k.at)
 		}
 		if discover != nil {
-			w.found(discover, len(w.endpoints(discover, false)) > 0)
+			w.found(discover, len(w.c.o.Source.Endpoints(w.c.ctx, discover, false)) > 0)
 		}
 	}
 }
@@ -327,102 +275,53 @@ func (w *worker) capture(r Request) {
 	defer func() {
 		// A bug in one capture must not stop the sidecar.
 		if p := recover(); p != nil {
-			w.log.Error("capture panicked", "panic", fmt.Sprint(p))
-			w.c.o.Metrics.Capture(r.Container, r.Kind, metrics.OutcomeFailed)
+			w.c.notify(Event{Outcome: Failed, Target: r.Container, Trigger: r.Kind, Reason: r.Reason, Err: fmt.Errorf("%v", p)})
 		}
 	}()
-	// A capture looks again at a process remembered without pprof: it may
-	// have been seen before it opened its port (during exec, or while the
-	// app starts), and a leak does not wait for rediscoverAfter.
-	targets := w.endpoints(r.PIDs, true)
+	// A capture looks again at a process remembered without an endpoint:
+	// it may have been seen before it opened its port (during exec, or
+	// while the app starts), and a leak does not wait for rediscoverAfter.
+	targets := w.c.o.Source.Endpoints(w.c.ctx, r.PIDs, true)
 	w.found(r.PIDs, len(targets) > 0)
 	if len(targets) == 0 {
-		w.c.o.Metrics.Capture(r.Container, r.Kind, metrics.OutcomeNoPprof)
+		w.c.notify(Event{Outcome: NoEndpoint, Target: r.Container, Trigger: r.Kind, Reason: r.Reason, PIDs: r.PIDs})
 		return
 	}
 	for i, ep := range targets {
-		if err := w.captureFrom(r, ep, i == 0); err != nil {
-			w.c.o.Metrics.Capture(r.Container, r.Kind, metrics.OutcomeFailed)
-			w.log.Error("capture failed", "trigger", r.Kind, "pid", ep.PID, "addr", ep.Addr, "err", err)
-			w.c.o.Pprof.Forget(ep)
-			delete(w.procs, ep.PID)
+		if latency, err := w.captureFrom(r, ep, i == 0); err != nil {
+			w.c.notify(Event{Outcome: Failed, Target: r.Container, Trigger: r.Kind, Reason: r.Reason, Endpoint: ep, Err: err, DetectionLatency: latency})
+			w.c.o.Source.Forget(ep)
 		}
 	}
 }
 
-// found records whether the container has a pprof endpoint, and logs once
+// found records whether the target has an endpoint, and tells Missing once
 // when it has none.
 func (w *worker) found(pids []int, ok bool) {
 	w.mu.Lock()
 	w.noPprof = !ok
 	w.mu.Unlock()
 	if ok {
-		w.logged = false
+		w.missing = false
 		return
 	}
-	if !w.logged {
-		w.logged = true
-		w.log.Warn("no pprof endpoint found in container; captures will be skipped until one appears",
-			"pids", pids, "path", w.c.o.Pprof.Path(), "ports", w.c.o.Ports)
+	if !w.missing {
+		w.missing = true
+		w.c.notify(Event{Outcome: Missing, Target: w.name, PIDs: pids, Source: w.c.o.Source})
 	}
-}
-
-// endpoints returns, per process, one listening port that serves pprof,
-// from what discovery remembered when the process is the same one; recheck
-// looks again at processes remembered without one.
-func (w *worker) endpoints(pids []int, recheck bool) []pprof.Endpoint {
-	for pid := range w.procs {
-		if !slices.Contains(pids, pid) {
-			delete(w.procs, pid)
-		}
-	}
-	var out []pprof.Endpoint
-	for _, pid := range pids {
-		if ep, ok := w.endpoint(pid, recheck); ok {
-			out = append(out, ep)
-		}
-	}
-	return out
-}
-
-func (w *worker) endpoint(pid int, recheck bool) (pprof.Endpoint, bool) {
-	p := w.c.o.Proc.Proc(pid)
-	st, err := p.Stat()
-	if err != nil {
-		delete(w.procs, pid)
-		return pprof.Endpoint{}, false // exited
-	}
-	now := time.Now()
-	if pe, ok := w.procs[pid]; ok && pe.start == st.StartTime && (pe.ok || !recheck && now.Sub(pe.at) < rediscoverAfter) {
-		return pe.ep, pe.ok
-	}
-	pe := procEndpoint{start: st.StartTime, at: now}
-	ls, err := p.ListeningPorts()
-	if err != nil && !procfs.IsNotExist(err) {
-		w.log.Warn("cannot list listening ports", "pid", pid, "err", err)
-	}
-	var eps []pprof.Endpoint
-	for _, l := range ls {
-		if len(w.c.o.Ports) > 0 && !slices.Contains(w.c.o.Ports, int(l.Port)) {
-			continue
-		}
-		eps = append(eps, pprof.Endpoint{PID: pid, StartTime: st.StartTime, Addr: l.DialAddr(), Port: int(l.Port)})
-	}
-	pe.ep, pe.ok = w.c.o.Pprof.Find(w.c.ctx, eps)
-	if pe.ok {
-		w.log.Info("pprof endpoint found", "pid", pid, "addr", pe.ep.Addr, "path", w.c.o.Pprof.Path())
-	}
-	w.procs[pid] = pe
-	return pe.ep, pe.ok
 }
 
 // captureFrom captures one process; first says whether it is the
-// request's first fetch, the one detection latency is measured to.
-func (w *worker) captureFrom(r Request, ep pprof.Endpoint, first bool) error {
+// request's first fetch, the one detection latency is measured to, which
+// it returns.
+func (w *worker) captureFrom(r Request, ep source.Endpoint, first bool) (latency time.Duration, err error) {
 	o := w.c.o
+	if r.Target == nil {
+		return 0, errors.New("capture request without a target identity")
+	}
 	sw, err := o.Spool.Begin()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	start := time.Now()
 	// Two captures of one container must not share a key.
@@ -431,17 +330,17 @@ func (w *worker) captureFrom(r Request, ep pprof.Endpoint, first bool) error {
 	}
 	w.lastTime = start.Truncate(time.Millisecond)
 	if first && !r.DetectedAt.IsZero() {
-		o.Metrics.DetectionLatency(start.Sub(r.DetectedAt))
+		latency = start.Sub(r.DetectedAt)
 	}
 	meta := &capture.Metadata{
 		SchemaVersion: capture.SchemaVersion,
-		Namespace:     o.Pod.Namespace, Pod: o.Pod.Name, PodUID: o.Pod.UID, Node: o.Pod.Node,
-		Container: r.Container, PID: ep.PID, Port: ep.Port,
+		PID:           ep.PID, Port: ep.Port,
 		Trigger: r.Kind, Reason: r.Reason,
 		DetectedAt: r.DetectedAt, CapturedAt: start,
 		Memory: r.Memory, MemoryStat: r.Stat, Pressure: r.Pressure,
 		Timeline: w.tl.snapshot(start),
 	}
+	r.Target.Describe(meta)
 	name := meta.Name()
 	meta.ID = name.ID()
 	for _, profile := range o.Profiles {
@@ -449,9 +348,9 @@ func (w *worker) captureFrom(r Request, ep pprof.Endpoint, first bool) error {
 		n, err := w.fetch(sw, ep, profile)
 		p.Bytes = n
 		if err != nil {
-			if profile == "heap" && !errors.Is(err, pprof.ErrTooLarge) {
+			if profile == "heap" && !errors.Is(err, source.ErrTooLarge) {
 				sw.Abort()
-				return fmt.Errorf("heap profile: %w", err)
+				return latency, fmt.Errorf("heap profile: %w", err)
 			}
 			p.Error = err.Error()
 			w.log.Warn("profile incomplete", "profile", profile, "pid", ep.PID, "err", err)
@@ -461,32 +360,28 @@ func (w *worker) captureFrom(r Request, ep pprof.Endpoint, first bool) error {
 	meta.CompletedAt = time.Now()
 	id, err := sw.Commit(meta, r.Hold)
 	if err != nil {
-		return err
+		return latency, err
 	}
 	s := &stored{entry: id, meta: meta, held: r.Hold}
 	w.last = s
-	outcome := metrics.OutcomeStored
+	outcome := Stored
 	if r.Hold {
-		outcome = metrics.OutcomeHeld
+		outcome = Held
 		if w.held != nil {
 			o.Spool.Discard(w.held.entry) // superseded: keep only the newest
 		}
 		w.held = s
 	}
-	o.Metrics.Capture(r.Container, r.Kind, outcome)
-	w.log.Info("captured", "id", meta.ID, "trigger", r.Kind, "reason", r.Reason, "held", r.Hold,
-		"pid", ep.PID, "port", ep.Port, "usage", r.Memory.UsageBytes, "limit", r.Memory.LimitBytes,
-		"detectToFetch", start.Sub(r.DetectedAt).String(), "took", meta.CompletedAt.Sub(start).String(),
-		"bytes", meta.TotalBytes())
-	return nil
+	w.c.notify(Event{Outcome: outcome, Target: r.Container, Trigger: r.Kind, Reason: r.Reason, Meta: meta, Endpoint: ep, DetectionLatency: latency})
+	return latency, nil
 }
 
-func (w *worker) fetch(sw *spool.Writer, ep pprof.Endpoint, profile string) (int64, error) {
+func (w *worker) fetch(sw *spool.Writer, ep source.Endpoint, profile string) (int64, error) {
 	f, err := sw.Create(profile)
 	if err != nil {
 		return 0, err
 	}
-	n, err := w.c.o.Pprof.Fetch(w.c.ctx, ep.Addr, profile, f)
+	n, err := w.c.o.Source.Fetch(w.c.ctx, ep, profile, f)
 	if cerr := f.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("spool: %w", cerr)
 	}
@@ -501,7 +396,7 @@ func (w *worker) oomKilled(at time.Time) {
 	last, held := w.last, w.held
 	w.last, w.held = nil, nil
 	if last == nil {
-		w.log.Warn("container OOM-killed with no capture since the previous kill", "killedAt", at)
+		w.c.notify(Event{Outcome: Unmarked, Target: w.name, KilledAt: at})
 		return
 	}
 	mark := func(m *capture.Metadata) {
@@ -521,12 +416,10 @@ func (w *worker) oomKilled(at time.Time) {
 		mark(&meta)
 		_, err = o.Spool.Amend(&meta)
 	}
+	ev := Event{Outcome: Final, Target: w.name, Trigger: last.meta.Trigger, Reason: last.meta.Reason, Meta: last.meta,
+		KilledAt: at, WasHeld: last.held}
 	if err != nil {
-		o.Metrics.Capture(w.name, last.meta.Trigger, metrics.OutcomeFailed)
-		w.log.Error("could not mark the last capture before the OOM kill as final", "id", last.meta.ID, "err", err)
-		return
+		ev.Outcome, ev.Err = Failed, err
 	}
-	o.Metrics.Capture(w.name, last.meta.Trigger, metrics.OutcomeFinal)
-	w.log.Info("OOM kill: last capture before it marked final", "id", last.meta.ID, "killedAt", at,
-		"leadTime", at.Sub(last.meta.CapturedAt).String(), "wasHeld", last.held)
+	w.c.notify(ev)
 }

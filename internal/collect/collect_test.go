@@ -71,12 +71,43 @@ type fixture struct {
 	store store.Store
 }
 
-func newFixture(t *testing.T, ports []int) *fixture {
+// pod is the fixture's pod; its container "app" is the test process.
+var pod = capture.PodContainer{Namespace: "ns", Pod: "pod-1", UID: "uid-1", Node: "node-1"}
+
+// container is the identity of the fixture pod's container name.
+func container(name string) capture.PodContainer {
+	c := pod
+	c.Container = name
+	return c
+}
+
+// newFixture returns a collector of the test's pod through the pprof
+// source on ports, logging to log (nil: discarded).
+func newFixture(t *testing.T, ports []int, log *slog.Logger) *fixture {
 	t.Helper()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	fs, err := procfs.NewFS("/proc")
 	if err != nil {
 		t.Fatal(err)
 	}
+	sp, st := spoolAndStore(t)
+	c := New(Options{
+		Profiles: []string{"heap", "goroutine", "allocs"},
+		Source: pprof.NewPorts(pprof.PortsOptions{Client: pprof.NewClient(pprof.Options{ProbeTimeout: 300 * time.Millisecond}),
+			Proc: fs, Ports: ports, Log: log}),
+		Spool:     sp,
+		Log:       log,
+		Observers: []Observer{LogObserver{Log: log}},
+	})
+	t.Cleanup(func() { c.Close(5 * time.Second) })
+	return &fixture{c: c, spool: sp, store: st}
+}
+
+// spoolAndStore opens a spool and a file:// store in temp dirs.
+func spoolAndStore(t *testing.T) (*spool.Spool, store.Store) {
+	t.Helper()
 	sp, err := spool.Open(t.TempDir(), spool.Options{MaxBytes: 64 << 20})
 	if err != nil {
 		t.Fatal(err)
@@ -85,20 +116,11 @@ func newFixture(t *testing.T, ports []int) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := New(Options{
-		Pod:      Pod{Namespace: "ns", Name: "pod-1", UID: "uid-1", Node: "node-1"},
-		Profiles: []string{"heap", "goroutine", "allocs"},
-		Ports:    ports,
-		Proc:     fs,
-		Pprof:    pprof.NewClient(pprof.Options{ProbeTimeout: 300 * time.Millisecond}),
-		Spool:    sp,
-	})
-	t.Cleanup(func() { c.Close(5 * time.Second) })
-	return &fixture{c: c, spool: sp, store: st}
+	return sp, st
 }
 
 func request(kind string, hold bool) Request {
-	return Request{Container: "app", PIDs: []int{os.Getpid()}, Kind: kind, Reason: "test", Hold: hold,
+	return Request{Container: "app", Target: container("app"), PIDs: []int{os.Getpid()}, Kind: kind, Reason: "test", Hold: hold,
 		DetectedAt: time.Now(), Memory: capture.Memory{UsageBytes: 100, WorkingSetBytes: 90, LimitBytes: 200},
 		Stat: map[string]uint64{"rss": 80}}
 }
@@ -150,7 +172,7 @@ func (f *fixture) stored(t *testing.T) []*capture.Metadata {
 }
 
 func TestCaptureFindsPprofBesideSilentPort(t *testing.T) {
-	f := newFixture(t, nil)
+	f := newFixture(t, nil, nil)
 	f.c.Enqueue(request("threshold-60", false))
 	f.settle(t, 1)
 	metas := f.stored(t)
@@ -192,7 +214,7 @@ func profileNames(m *capture.Metadata) []string {
 }
 
 func TestPortsSettingExcludesPprof(t *testing.T) {
-	f := newFixture(t, []int{silentPort})
+	f := newFixture(t, []int{silentPort}, nil)
 	f.c.Enqueue(request("threshold-60", false))
 	f.c.Close(5 * time.Second)
 	if ids, _ := f.spool.Pending(); len(ids) != 0 {
@@ -201,7 +223,7 @@ func TestPortsSettingExcludesPprof(t *testing.T) {
 }
 
 func TestHeldCaptureShippedFinalOnKill(t *testing.T) {
-	f := newFixture(t, []int{pprofPort})
+	f := newFixture(t, []int{pprofPort}, nil)
 	f.c.Enqueue(request("growth", true))
 	f.settle(t, 1)
 	f.c.Enqueue(request("growth", true))
@@ -235,7 +257,7 @@ func TestHeldCaptureShippedFinalOnKill(t *testing.T) {
 }
 
 func TestStoredCaptureAmendedFinalOnKill(t *testing.T) {
-	f := newFixture(t, nil)
+	f := newFixture(t, nil, nil)
 	f.c.Enqueue(request("growth", true))
 	f.settle(t, 1)
 	f.c.Enqueue(request("threshold-90", false))
@@ -254,7 +276,7 @@ func TestStoredCaptureAmendedFinalOnKill(t *testing.T) {
 }
 
 func TestCoalescedCapturesHaveDistinctKeys(t *testing.T) {
-	f := newFixture(t, nil)
+	f := newFixture(t, nil, nil)
 	for range 20 {
 		f.c.Enqueue(request("threshold-60", false))
 	}
@@ -269,20 +291,6 @@ func TestCoalescedCapturesHaveDistinctKeys(t *testing.T) {
 			t.Errorf("duplicate capture id %s", m.ID)
 		}
 		seen[m.ID] = true
-	}
-}
-
-func TestPodFromEnv(t *testing.T) {
-	host, _ := os.Hostname()
-	env := map[string]string{"POD_NAME": "web-1", "POD_NAMESPACE": "shop", "POD_UID": "u", "NODE_NAME": "n1"}
-	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
-	if got := PodFromEnv(lookup); got != (Pod{Namespace: "shop", Name: "web-1", UID: "u", Node: "n1"}) {
-		t.Errorf("PodFromEnv = %+v", got)
-	}
-	none := func(string) (string, bool) { return "", false }
-	got := PodFromEnv(none)
-	if got.Name != host || got.Node != host || got.Namespace == "" {
-		t.Errorf("fallback = %+v, want hostname %q", got, host)
 	}
 }
 
@@ -306,8 +314,7 @@ func (l *logBuffer) count(msg string) int {
 
 func TestSeenDiscoversAheadAndLogsMissingPprofOnce(t *testing.T) {
 	logs := &logBuffer{}
-	f := newFixture(t, nil)
-	f.c.o.Log = slog.New(slog.NewJSONHandler(logs, nil))
+	f := newFixture(t, nil, slog.New(slog.NewJSONHandler(logs, nil)))
 
 	// The test process serves pprof: found from the samples alone.
 	f.c.Seen("app", []int{os.Getpid()})
@@ -328,7 +335,7 @@ func TestSeenDiscoversAheadAndLogsMissingPprofOnce(t *testing.T) {
 	waitLog(t, logs, "no pprof endpoint found in container; captures will be skipped until one appears", 1)
 	for range 3 {
 		f.c.Seen("quiet", pids)
-		f.c.Enqueue(Request{Container: "quiet", PIDs: pids, Kind: "threshold-60"})
+		f.c.Enqueue(Request{Container: "quiet", Target: container("quiet"), PIDs: pids, Kind: "threshold-60"})
 	}
 	f.c.Close(5 * time.Second)
 	if n := logs.count("no pprof endpoint found in container; captures will be skipped until one appears"); n != 1 {
@@ -354,8 +361,7 @@ func lateApp() {
 // as soon as a trigger fires, not after the rediscovery interval.
 func TestCaptureRechecksAppThatListenedLate(t *testing.T) {
 	logs := &logBuffer{}
-	f := newFixture(t, nil)
-	f.c.o.Log = slog.New(slog.NewJSONHandler(logs, nil))
+	f := newFixture(t, nil, slog.New(slog.NewJSONHandler(logs, nil)))
 
 	app := exec.Command(os.Args[0])
 	app.Env = append(os.Environ(), envLateApp+"=1")
@@ -381,7 +387,7 @@ func TestCaptureRechecksAppThatListenedLate(t *testing.T) {
 	}
 	// One trigger, well within rediscoverAfter of the first look, and no
 	// further samples: only a fresh look at the process can find the port.
-	f.c.Enqueue(Request{Container: "late", PIDs: pids, Kind: "threshold-60", DetectedAt: time.Now()})
+	f.c.Enqueue(Request{Container: "late", Target: container("late"), PIDs: pids, Kind: "threshold-60", DetectedAt: time.Now()})
 	f.settle(t, 1)
 }
 

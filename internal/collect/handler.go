@@ -5,11 +5,17 @@ import (
 
 	"github.com/heapwatch/heapwatch/capture"
 	"github.com/heapwatch/heapwatch/internal/cgroup"
+	"github.com/heapwatch/heapwatch/internal/metrics"
 	"github.com/heapwatch/heapwatch/internal/watch"
 )
 
-// Handler adapts a Collector to the watcher's decisions.
-type Handler struct{ C *Collector }
+// Handler adapts a Collector to the watcher's decisions; what the watcher
+// sees beside captures (usage, kills, suppressed triggers, unwatched
+// containers) goes to Metrics.
+type Handler struct {
+	C       *Collector
+	Metrics *metrics.Metrics
+}
 
 var _ watch.Handler = Handler{}
 
@@ -17,7 +23,7 @@ var _ watch.Handler = Handler{}
 func (h Handler) Capture(ev watch.Event) {
 	h.C.Observe(ev.Container.Name, point(ev.Sample, ev.Kind))
 	h.C.Enqueue(Request{
-		Container: ev.Container.Name, PIDs: ev.Container.PIDs,
+		Container: ev.Container.Name, Target: ev.Container.Target, PIDs: ev.Container.PIDs,
 		Kind: ev.Kind, Reason: ev.Reason, Hold: ev.Hold, DetectedAt: ev.DetectedAt,
 		Memory: capture.Memory{UsageBytes: ev.Sample.Usage, WorkingSetBytes: ev.Sample.WorkingSet, LimitBytes: ev.Sample.Limit},
 		Stat:   ev.Stat, Pressure: pressure(ev.Pressure),
@@ -35,18 +41,19 @@ func pressure(p *cgroup.Pressure) *capture.Pressure {
 
 // OOMKilled marks the container's last capture before the kill as final.
 func (h Handler) OOMKilled(c watch.Container, at time.Time, _ watch.Sample) {
+	h.Metrics.OOMKill(c.Name)
 	h.C.Killed(c.Name, at)
 }
 
 // Suppressed counts a trigger stopped by cooldown or a cap.
 func (h Handler) Suppressed(c watch.Container, kind, why string) {
-	h.C.o.Metrics.Suppressed(c.Name, kind, why)
+	h.Metrics.Suppressed(c.Name, kind, why)
 }
 
 // ObserveSample (watch.Options.OnSample) records a sample in the usage
 // metrics and lets the collector find pprof endpoints ahead of a capture.
 func (h Handler) ObserveSample(c watch.Container, s watch.Sample) {
-	h.C.o.Metrics.Usage(c.Name, s.WorkingSet, s.Usage, s.Limit)
+	h.Metrics.Usage(c.Name, s.WorkingSet, s.Usage, s.Limit)
 	h.C.Seen(c.Name, c.PIDs)
 	h.C.Observe(c.Name, point(s, ""))
 }
@@ -62,5 +69,5 @@ func (h Handler) ObserveUnwatched(list []watch.Unwatched) {
 	for _, u := range list {
 		reasons[u.Container] = u.Reason
 	}
-	h.C.o.Metrics.SetUnwatched(reasons)
+	h.Metrics.SetUnwatched(reasons)
 }

@@ -18,11 +18,14 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/heapwatch/heapwatch/internal/source"
 )
 
 // ErrTooLarge reports a response larger than the configured cap; what was
-// written before the cap is a truncated profile.
-var ErrTooLarge = errors.New("pprof: response exceeds size cap")
+// written before the cap is a truncated profile. It is a
+// source.ErrTooLarge.
+var ErrTooLarge = fmt.Errorf("pprof: response %w", source.ErrTooLarge)
 
 // ErrNotPprof reports a port that answered, but not as net/http/pprof.
 var ErrNotPprof = errors.New("pprof: not a pprof endpoint")
@@ -87,16 +90,8 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// Endpoint is one listening port of one process.
-type Endpoint struct {
-	PID int
-	// StartTime (clock ticks since boot) tells a reused PID from the
-	// process the cached answer was about.
-	StartTime uint64
-	// Addr is host:port to dial.
-	Addr string
-	Port int
-}
+// Endpoint is one listening port of one process; Addr is host:port.
+type Endpoint = source.Endpoint
 
 type cacheKey struct {
 	pid   int

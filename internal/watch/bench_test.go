@@ -165,11 +165,11 @@ func BenchmarkTickerFloor(b *testing.B) {
 // latencyRecorder timestamps Capture calls.
 type latencyRecorder struct {
 	nopHandler
-	c chan capture
+	c chan captured
 }
 
 func (r latencyRecorder) Capture(ev Event) {
-	r.c <- capture{ev: ev, at: time.Now()}
+	r.c <- captured{ev: ev, at: time.Now()}
 }
 
 // BenchmarkDetectionLatency measures, over repeated real crossings of a
@@ -183,7 +183,7 @@ func BenchmarkDetectionLatency(b *testing.B) {
 	const limit = 512 * mib
 	name := uniqueName("lat")
 	app := cgrouptest.Start(b, name, limit, false, cgrouptest.Alloc{StepMiB: 4, Every: 20 * time.Millisecond, TotalMiB: 80, Cycle: true})
-	rec := latencyRecorder{c: make(chan capture, 64)}
+	rec := latencyRecorder{c: make(chan captured, 64)}
 	w := New(Options{Trigger: trigger.Options{Thresholds: []float64{10}, GrowthFloor: 99, Interval: 100 * time.Millisecond}},
 		podView(b, app), rec, nil)
 	if m := watchOne(b, w).Container.Notify; m != cgroup.ModeEventfd {

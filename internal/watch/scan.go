@@ -1,22 +1,13 @@
 package watch
 
 import (
-	"fmt"
 	"sync"
 	"time"
 
+	"github.com/heapwatch/heapwatch/capture"
 	"github.com/heapwatch/heapwatch/internal/cgroup"
-	"github.com/heapwatch/heapwatch/internal/procfs"
 	"github.com/heapwatch/heapwatch/internal/trigger"
-	"github.com/heapwatch/heapwatch/settings"
 )
-
-// procEntry caches a PID that is never watched: the sidecar itself, a
-// kernel thread (PF_KTHREAD) or the pause process. Only such facts, which
-// cannot change while the PID lives, are cached; every other verdict (an
-// empty command line while the process is inside execve, a cgroup not
-// joined yet, a name not readable yet) is taken again at the next scan.
-type procEntry struct{ excluded bool }
 
 // scan re-reads the process list, groups processes by memory cgroup and
 // starts or updates container loops. The cgroup of every candidate process
@@ -25,55 +16,14 @@ type procEntry struct{ excluded bool }
 //
 // It returns young when a new group was left for later: see settleAge.
 func (w *Watcher) scan(wg *sync.WaitGroup) (young bool) {
-	pids, err := w.fs.PIDs()
+	found, err := w.d.Discover()
 	if err != nil {
 		w.log.Warn("list processes", "err", err)
 		return false
 	}
-	self, selfKey := w.self()
-	groups := map[string][]int{}
-	paths := map[string]string{}
-	live := make(map[int]bool, len(pids))
-	for _, pid := range pids {
-		live[pid] = true
-		if e, ok := w.procs[pid]; ok && e.excluded {
-			continue
-		}
-		p := w.fs.Proc(pid)
-		excluded, final, err := w.excluded(p, self)
-		if err != nil {
-			continue // gone, or not readable yet: next scan
-		}
-		if final {
-			w.procs[pid] = procEntry{excluded: true}
-		}
-		if excluded {
-			continue
-		}
-		cgs, err := p.Cgroups()
-		if err != nil {
-			continue
-		}
-		path, v, ok := procfs.MemoryCgroup(cgs)
-		if !ok {
-			continue
-		}
-		key := fmt.Sprintf("v%d:%s", v, path)
-		if key == selfKey {
-			continue
-		}
-		groups[key] = append(groups[key], pid)
-		paths[key] = path
-	}
-	for pid := range w.procs {
-		if !live[pid] {
-			delete(w.procs, pid)
-		}
-	}
-	for key := range w.unnamed {
-		if _, ok := groups[key]; !ok {
-			delete(w.unnamed, key)
-		}
+	groups := make(map[string][]int, len(found))
+	for key, g := range found {
+		groups[key] = g.PIDs
 	}
 	for key := range w.firstSeen {
 		if _, ok := groups[key]; !ok {
@@ -105,11 +55,11 @@ func (w *Watcher) scan(wg *sync.WaitGroup) (young bool) {
 			w.firstSeen[key] = now
 			first = now
 		}
-		if now.Sub(first) < settleAge && !w.execed(members) {
+		if now.Sub(first) < settleAge && !found[key].Settled {
 			young = true
 			continue
 		}
-		if u := w.start(wg, key, paths[key], members); u != nil {
+		if u := w.start(wg, key, Group{Path: found[key].Path, PIDs: members}); u != nil {
 			verdicts[key] = *u
 		}
 	}
@@ -118,103 +68,22 @@ func (w *Watcher) scan(wg *sync.WaitGroup) (young bool) {
 }
 
 // settleAge is how long a memory cgroup must have had processes before the
-// watcher opens it, unless a member already runs the container's own
-// program (see execed). A container runtime joins the container's first
-// process to its cgroup, then finishes its mounts (a read-only cgroupfs,
-// pivot_root) and execs: a sidecar that opened the cgroup view or
-// registered a notification in that window could make a remount fail
-// (EBUSY), harming the app, and would read a view that is about to change.
+// watcher opens it, unless its discoverer tells it is settled (Group). A
+// container runtime joins the container's first process to its cgroup,
+// then finishes its mounts (a read-only cgroupfs, pivot_root) and execs: a
+// sidecar that opened the cgroup view or registered a notification in that
+// window could make a remount fail (EBUSY), harming the app, and would
+// read a view that is about to change.
 const settleAge = 200 * time.Millisecond
-
-// self returns the sidecar's PID in this tree and its memory cgroup key.
-// Both are empty when the tree is another PID namespace's.
-func (w *Watcher) self() (int, string) {
-	pid, err := w.fs.Self()
-	if err != nil {
-		return 0, ""
-	}
-	cgs, err := w.fs.Proc(pid).Cgroups()
-	if err != nil {
-		return pid, ""
-	}
-	path, v, ok := procfs.MemoryCgroup(cgs)
-	if !ok {
-		return pid, ""
-	}
-	return pid, fmt.Sprintf("v%d:%s", v, path)
-}
-
-// excluded reports whether a process is left out of this scan, and final
-// when that cannot change while the PID lives: the sidecar, kernel threads
-// and the pause process. A zombie is left out for this scan only. The
-// command line is not looked at: it is empty while a live process is inside
-// execve, which every container's first process does (runc init execs the
-// entrypoint under the same PID).
-func (w *Watcher) excluded(p procfs.Proc, self int) (excluded, final bool, err error) {
-	if p.PID == self {
-		return true, true, nil
-	}
-	st, err := p.Stat()
-	if err != nil {
-		return false, false, err
-	}
-	if st.KernelThread() {
-		return true, true, nil
-	}
-	if st.State == 'Z' || st.State == 'X' {
-		return true, false, nil
-	}
-	pause, err := p.IsPause()
-	if err != nil {
-		return false, false, err
-	}
-	return pause, pause, nil
-}
-
-// execed reports whether a member shows HEAPWATCH_CONTAINER_NAME, which
-// only the container's own program has: the runtime's helper that comes
-// first (runc init) keeps its own environment until it execs the
-// entrypoint, after the container's mounts are done. Such a group is
-// opened at once, within one interval of its process appearing.
-func (w *Watcher) execed(members []int) bool {
-	_, ok := w.envName(members)
-	return ok
-}
-
-// envName is HEAPWATCH_CONTAINER_NAME of the first member that has it.
-func (w *Watcher) envName(members []int) (string, bool) {
-	for _, pid := range members {
-		if v, ok, err := w.fs.Proc(pid).Getenv(settings.ContainerNameEnv); err == nil && ok && v != "" {
-			return v, true
-		}
-	}
-	return "", false
-}
-
-// name is HEAPWATCH_CONTAINER_NAME of the first member that has it, else
-// the container ID from the cgroup path. sure is false when no member has
-// the variable and the group was not seen unnamed before: a process inside
-// execve shows an empty environment for a moment, so the fallback name is
-// only taken at the second sighting.
-func (w *Watcher) name(key string, members []int, path string) (name string, sure bool) {
-	if v, ok := w.envName(members); ok {
-		delete(w.unnamed, key)
-		return v, true
-	}
-	if !w.unnamed[key] {
-		w.unnamed[key] = true
-		return "", false
-	}
-	return procfs.ContainerID(path), true
-}
 
 // start opens a new container's cgroup and starts watching it, or returns
 // why it is not watched (nil while that is not known yet). Nothing is
 // cached: a container not watched is looked at again at every scan, so a
 // limit set later, a process that joins its cgroup late or a view that
 // becomes readable is picked up.
-func (w *Watcher) start(wg *sync.WaitGroup, key, path string, members []int) *Unwatched {
-	name, sure := w.name(key, members, path)
+func (w *Watcher) start(wg *sync.WaitGroup, key string, g Group) *Unwatched {
+	members := g.PIDs
+	name, target, sure := w.d.Identify(key, g)
 	if !sure {
 		w.requestRescan() // looked at again at once
 		return nil
@@ -247,18 +116,18 @@ func (w *Watcher) start(wg *sync.WaitGroup, key, path string, members []int) *Un
 		return &Unwatched{Container: name, Reason: ReasonNoLimit, PIDs: members,
 			Detail: "no memory limit and no absolute threshold (heapwatch.io/threshold-bytes) is set"}
 	}
-	w.watch(wg, key, name, dir, version, members, mem, s)
+	w.watch(wg, key, name, target, dir, version, members, mem, s)
 	return nil
 }
 
 // watch starts sampling an opened cgroup whose first sample is s.
-func (w *Watcher) watch(wg *sync.WaitGroup, key, name, dir string, version cgroup.Version, members []int, mem *cgroup.Memory, s Sample) {
+func (w *Watcher) watch(wg *sync.WaitGroup, key, name string, target capture.Target, dir string, version cgroup.Version, members []int, mem *cgroup.Memory, s Sample) {
 	// Idle samples reuse memory.stat for a second; a move of 1 % of the
 	// limit (1 MiB without one) re-reads it.
 	mem.SetStatRefresh(time.Second, max(s.Limit/100, 1<<20))
 	n := mem.Notify()
 	c := &watched{w: w, s: w.sampler, mem: mem, notifier: n, trig: trigger.New(w.o.Trigger), key: key,
-		c:    Container{Name: name, CgroupPath: dir, PIDs: members, Version: version, Notify: n.Mode()},
+		c:    Container{Name: name, Target: target, CgroupPath: dir, PIDs: members, Version: version, Notify: n.Mode()},
 		last: s, oomKills: s.OOMKills, stop: make(chan struct{}), aliveAt: s.Time}
 	if n.Mode() == cgroup.ModePoll {
 		w.logPollOnce(c.c, n.Reason())

@@ -1,5 +1,6 @@
-// Package watch is the sidecar's observing loop: it finds the other
-// containers of the pod in the shared PID namespace, follows each one's
+// Package watch is the sidecar's observing loop: it finds what to watch
+// through a Discoverer (the other containers of the pod in the shared PID
+// namespace, PodContainers), follows each one's
 // memory cgroup (kernel notifications plus adaptive sampling), feeds the
 // trigger and tells a Handler when to capture and when a container was
 // OOM-killed.
@@ -12,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/heapwatch/heapwatch/capture"
 	"github.com/heapwatch/heapwatch/internal/cgroup"
 	"github.com/heapwatch/heapwatch/internal/procfs"
 	"github.com/heapwatch/heapwatch/internal/trigger"
@@ -23,6 +25,8 @@ type Container struct {
 	// Name is HEAPWATCH_CONTAINER_NAME of its processes, else the short
 	// container ID from the cgroup path.
 	Name string
+	// Target is the identity its captures take, from the Discoverer.
+	Target capture.Target
 	// CgroupPath is the directory being read, through a process's view
 	// (/proc/<pid>/root/sys/fs/cgroup/...).
 	CgroupPath string
@@ -72,6 +76,9 @@ type Handler interface {
 // Options configure a Watcher.
 type Options struct {
 	Trigger trigger.Options
+	// Discover finds what is watched; nil discovers the containers of the
+	// pod in fs (PodContainers), with an empty pod identity.
+	Discover Discoverer
 	// Containers limits watching to these names; empty watches all.
 	Containers []string
 	// Rescan is how often the whole process list is re-read when nothing
@@ -110,6 +117,7 @@ type Status struct {
 type Watcher struct {
 	o   Options
 	fs  procfs.FS
+	d   Discoverer
 	h   Handler
 	log *slog.Logger
 
@@ -122,8 +130,6 @@ type Watcher struct {
 	pollLogged bool
 
 	// Owned by the Run goroutine.
-	procs     map[int]procEntry
-	unnamed   map[string]bool      // cgroup keys seen once without a readable name
 	firstSeen map[string]time.Time // when each not yet watched cgroup key was first seen
 	pending   map[string]Unwatched // the last scan's verdicts, by cgroup key
 
@@ -145,8 +151,12 @@ func New(o Options, fs procfs.FS, h Handler, log *slog.Logger) *Watcher {
 	if interval <= 0 {
 		interval = defaultInterval
 	}
-	return &Watcher{o: o, fs: fs, h: h, log: log, rescan: make(chan struct{}, 1), interval: interval,
-		containers: map[string]*watched{}, procs: map[int]procEntry{}, unnamed: map[string]bool{}, firstSeen: map[string]time.Time{}, reported: map[string]Unwatched{}}
+	d := o.Discover
+	if d == nil {
+		d = NewPodContainers(fs, capture.PodContainer{})
+	}
+	return &Watcher{o: o, fs: fs, d: d, h: h, log: log, rescan: make(chan struct{}, 1), interval: interval,
+		containers: map[string]*watched{}, firstSeen: map[string]time.Time{}, reported: map[string]Unwatched{}}
 }
 
 // Run watches until ctx is done. It fails only if the process list cannot

@@ -31,12 +31,12 @@ func TestMain(m *testing.M) {
 // recorder is a Handler that records every call with the time it was made.
 type recorder struct {
 	mu         sync.Mutex
-	captures   []capture
+	captures   []captured
 	kills      []kill
 	suppressed []string
 }
 
-type capture struct {
+type captured struct {
 	ev Event
 	at time.Time
 }
@@ -51,7 +51,7 @@ func (r *recorder) Capture(ev Event) {
 	at := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.captures = append(r.captures, capture{ev, at})
+	r.captures = append(r.captures, captured{ev, at})
 }
 
 func (r *recorder) OOMKilled(c Container, at time.Time, last Sample) {
@@ -66,7 +66,7 @@ func (r *recorder) Suppressed(c Container, kind, why string) {
 	r.suppressed = append(r.suppressed, kind+":"+why)
 }
 
-func (r *recorder) snapshot() ([]capture, []kill) {
+func (r *recorder) snapshot() ([]captured, []kill) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.captures), slices.Clone(r.kills)
@@ -174,7 +174,7 @@ func TestRealThresholdAndOOMKill(t *testing.T) {
 			if k := kills[0]; k.c.Name != name || k.last.Usage < limit/2 || k.at.IsZero() {
 				t.Errorf("kill report %+v: want the container and a pre-kill sample above half the limit", k)
 			}
-			var th *capture
+			var th *captured
 			for i := range caps {
 				if caps[i].ev.Kind == "threshold-50" {
 					th = &caps[i]
@@ -310,7 +310,7 @@ func TestRealHeldInExec(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "OOMKilled", func() bool { _, k := rec.snapshot(); return len(k) > 0 })
 	caps, kills := rec.snapshot()
-	if len(kills) != 1 || kills[0].c.Name != name || !slices.ContainsFunc(caps, func(c capture) bool { return c.ev.Kind == "threshold-50" }) {
+	if len(kills) != 1 || kills[0].c.Name != name || !slices.ContainsFunc(caps, func(c captured) bool { return c.ev.Kind == "threshold-50" }) {
 		t.Fatalf("kills %+v, %d captures: want one kill and a threshold-50 capture", kills, len(caps))
 	}
 }
