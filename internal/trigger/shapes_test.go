@@ -66,8 +66,8 @@ func TestLeakShapesCapturedBeforeKill(t *testing.T) {
 					if now < next && !(notify && crossed) {
 						continue
 					}
-					d := tr.Observe(clk.at(now), uint64(u), limit)
-					next = now + tr.NextInterval()
+					d := tr.Observe(Sample{Time: clk.at(now), Usage: uint64(u), Limit: limit})
+					next = now + tr.NextInterval(0)
 					if d.Fire {
 						if first < 0 {
 							first = now

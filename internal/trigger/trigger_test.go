@@ -20,15 +20,15 @@ func (c *fakeClock) at(d time.Duration) time.Time { return c.now.Add(d) }
 func describe(d Decision) string {
 	switch {
 	case d.Fire && !d.Hold:
-		return "ship " + d.Kind
+		return "ship " + string(d.Kind)
 	case d.Fire && d.Suppressed != "":
-		return "hold " + d.Kind + " (" + d.Suppressed + ")"
+		return "hold " + string(d.Kind) + " (" + d.Suppressed + ")"
 	case d.Fire:
-		return "hold " + d.Kind
+		return "hold " + string(d.Kind)
 	case d.Suppressed != "":
-		return "suppressed " + d.Kind + " " + d.Suppressed
+		return "suppressed " + string(d.Kind) + " " + d.Suppressed
 	case d.Kind != "":
-		return "?? " + d.Kind
+		return "?? " + string(d.Kind)
 	}
 	return ""
 }
@@ -134,7 +134,7 @@ func TestObserve(t *testing.T) {
 			clk := newFakeClock()
 			tr := New(tt.opts)
 			for i, s := range tt.steps {
-				d := tr.Observe(clk.at(s.at), uint64(s.usage*mib), tt.limit)
+				d := tr.Observe(Sample{Time: clk.at(s.at), Usage: uint64(s.usage * mib), Limit: tt.limit})
 				if got := describe(d); got != s.want {
 					t.Errorf("step %d (%v, %gMiB): got %q (%s), want %q", i, s.at, s.usage, got, d.Reason, s.want)
 				}
@@ -149,7 +149,7 @@ func TestObserve(t *testing.T) {
 func TestReasonText(t *testing.T) {
 	tr := New(Options{Thresholds: []float64{75}, GrowthFloor: 99})
 	usage := 0.762 * 128 * mib
-	d := tr.Observe(newFakeClock().now, uint64(usage), 128*mib)
+	d := tr.Observe(Sample{Time: newFakeClock().now, Usage: uint64(usage), Limit: 128 * mib})
 	if d.Reason != "usage 76.2% of 128MiB crossed 75%" {
 		t.Errorf("Reason = %q", d.Reason)
 	}
@@ -162,7 +162,7 @@ func TestPredictive(t *testing.T) {
 	// 20 % of the limit per second from 40 %: the limit is 2 s away at 60 %.
 	var got []string
 	for i := 0; i <= 10; i++ {
-		d := tr.Observe(clk.at(time.Duration(i)*100*time.Millisecond), uint64((40+2*float64(i))*mib), limit)
+		d := tr.Observe(Sample{Time: clk.at(time.Duration(i) * 100 * time.Millisecond), Usage: uint64((40 + 2*float64(i)) * mib), Limit: limit})
 		if d.Kind == KindPredictive && !strings.Contains(d.Reason, "reaches the limit in 2s") {
 			t.Errorf("reason %q", d.Reason)
 		}
@@ -175,19 +175,19 @@ func TestPredictive(t *testing.T) {
 	// Flat for longer than the window: the prediction goes away and the
 	// trigger re-arms; a new fast rise fires again.
 	for i := 1; i <= 15; i++ {
-		if d := tr.Observe(clk.at(time.Second+time.Duration(i)*100*time.Millisecond), 60*mib, limit); d.Fire {
+		if d := tr.Observe(Sample{Time: clk.at(time.Second + time.Duration(i)*100*time.Millisecond), Usage: 60 * mib, Limit: limit}); d.Fire {
 			t.Fatalf("fired while flat: %+v", d)
 		}
 	}
-	d := tr.Observe(clk.at(2600*time.Millisecond), 65*mib, limit)
-	d2 := tr.Observe(clk.at(2700*time.Millisecond), 75*mib, limit)
+	d := tr.Observe(Sample{Time: clk.at(2600 * time.Millisecond), Usage: 65 * mib, Limit: limit})
+	d2 := tr.Observe(Sample{Time: clk.at(2700 * time.Millisecond), Usage: 75 * mib, Limit: limit})
 	if describe(d) != "ship predictive" && describe(d2) != "ship predictive" {
 		t.Errorf("no predictive after re-arm: %q, %q", describe(d), describe(d2))
 	}
 	// Below the floor a fast rise is not predicted.
 	tr = New(Options{Horizon: 2 * time.Second})
-	tr.Observe(clk.at(0), 1*mib, limit)
-	if d := tr.Observe(clk.at(10*time.Millisecond), 20*mib, limit); d.Kind != "" {
+	tr.Observe(Sample{Time: clk.at(0), Usage: 1 * mib, Limit: limit})
+	if d := tr.Observe(Sample{Time: clk.at(10 * time.Millisecond), Usage: 20 * mib, Limit: limit}); d.Kind != "" {
 		t.Errorf("below the floor: %+v", d)
 	}
 }
@@ -196,13 +196,13 @@ func TestHeldCap(t *testing.T) {
 	clk := newFakeClock()
 	tr := New(Options{MaxHeldPerHour: 1})
 	const limit = 100 * mib
-	if d := tr.Observe(clk.at(0), 31*mib, limit); describe(d) != "hold growth" {
+	if d := tr.Observe(Sample{Time: clk.at(0), Usage: 31 * mib, Limit: limit}); describe(d) != "hold growth" {
 		t.Fatalf("first: %q", describe(d))
 	}
-	if d := tr.Observe(clk.at(time.Second), 41*mib, limit); describe(d) != "suppressed growth held-hourly-cap" {
+	if d := tr.Observe(Sample{Time: clk.at(time.Second), Usage: 41 * mib, Limit: limit}); describe(d) != "suppressed growth held-hourly-cap" {
 		t.Fatalf("second: %q", describe(d))
 	}
-	if d := tr.Observe(clk.at(2*time.Second), 42*mib, limit); d.Kind != "" {
+	if d := tr.Observe(Sample{Time: clk.at(2 * time.Second), Usage: 42 * mib, Limit: limit}); d.Kind != "" {
 		t.Fatalf("reported twice for one step: %+v", d)
 	}
 }
@@ -232,49 +232,47 @@ func TestNextInterval(t *testing.T) {
 	const limit = 100 * mib
 	o := Options{Thresholds: []float64{60, 75, 90}, Interval: 100 * time.Millisecond, MinInterval: 10 * time.Millisecond}
 	tr := New(o)
-	tr.Observe(clk.at(0), 10*mib, limit)
-	if iv := tr.NextInterval(); iv != 100*time.Millisecond {
+	tr.Observe(Sample{Time: clk.at(0), Usage: 10 * mib, Limit: limit})
+	if iv := tr.NextInterval(0); iv != 100*time.Millisecond {
 		t.Errorf("idle far from levels: %v, want the base interval", iv)
 	}
-	tr.Observe(clk.at(100*time.Millisecond), 10*mib, limit)
-	tr.Observe(clk.at(200*time.Millisecond), 27*mib, limit) // 3 points below the growth floor
-	if iv := tr.NextInterval(); iv > 25*time.Millisecond {
+	tr.Observe(Sample{Time: clk.at(100 * time.Millisecond), Usage: 10 * mib, Limit: limit})
+	tr.Observe(Sample{Time: clk.at(200 * time.Millisecond), Usage: 27 * mib, Limit: limit}) // 3 points below the growth floor
+	if iv := tr.NextInterval(0); iv > 25*time.Millisecond {
 		t.Errorf("close to a level: %v, want at most a quarter interval", iv)
 	}
 	tr = New(o)
-	tr.Observe(clk.at(0), 0, limit)
-	tr.Observe(clk.at(100*time.Millisecond), 10*mib, limit) // 100 MiB/s, 20 MiB from the floor
-	if iv := tr.NextInterval(); iv != 50*time.Millisecond {
+	tr.Observe(Sample{Time: clk.at(0), Usage: 0, Limit: limit})
+	tr.Observe(Sample{Time: clk.at(100 * time.Millisecond), Usage: 10 * mib, Limit: limit}) // 100 MiB/s, 20 MiB from the floor
+	if iv := tr.NextInterval(0); iv != 50*time.Millisecond {
 		t.Errorf("growing fast: %v, want a quarter of the 200 ms ETA", iv)
 	}
-	tr.Observe(clk.at(110*time.Millisecond), 29*mib, limit)
-	if iv := tr.NextInterval(); iv != 10*time.Millisecond {
+	tr.Observe(Sample{Time: clk.at(110 * time.Millisecond), Usage: 29 * mib, Limit: limit})
+	if iv := tr.NextInterval(0); iv != 10*time.Millisecond {
 		t.Errorf("about to cross: %v, want MinInterval", iv)
 	}
 
-	o.IdleInterval = time.Second
+	const idle = time.Second // as a caller woken by notifications at every level passes
 	tr = New(o)
-	tr.Observe(clk.at(0), 10*mib, limit)
-	if iv := tr.NextInterval(); iv != 100*time.Millisecond {
+	tr.Observe(Sample{Time: clk.at(0), Usage: 10 * mib, Limit: limit})
+	if iv := tr.NextInterval(idle); iv != 100*time.Millisecond {
 		t.Errorf("one sample: %v, want the base interval until the rate is known", iv)
 	}
-	tr.Observe(clk.at(100*time.Millisecond), 10*mib, limit)
-	if iv := tr.NextInterval(); iv != time.Second {
+	tr.Observe(Sample{Time: clk.at(100 * time.Millisecond), Usage: 10 * mib, Limit: limit})
+	if iv := tr.NextInterval(idle); iv != time.Second {
 		t.Errorf("steady far from levels: %v, want IdleInterval", iv)
 	}
-	tr.SetIdleInterval(0) // the notifications stopped
-	if iv := tr.NextInterval(); iv != 100*time.Millisecond {
+	if iv := tr.NextInterval(0); iv != 100*time.Millisecond { // the notifications stopped
 		t.Errorf("steady, IdleInterval cleared: %v, want the base interval", iv)
 	}
-	tr.SetIdleInterval(time.Second)
-	tr.Observe(clk.at(200*time.Millisecond), 11*mib, limit) // 1 MiB in 100 ms: 10 %/s
-	if iv := tr.NextInterval(); iv != 100*time.Millisecond {
+	tr.Observe(Sample{Time: clk.at(200 * time.Millisecond), Usage: 11 * mib, Limit: limit}) // 1 MiB in 100 ms: 10 %/s
+	if iv := tr.NextInterval(idle); iv != 100*time.Millisecond {
 		t.Errorf("growing: %v, want the base interval", iv)
 	}
 	tr = New(o)
-	tr.Observe(clk.at(0), 28*mib, limit)
-	tr.Observe(clk.at(100*time.Millisecond), 28*mib, limit)
-	if iv := tr.NextInterval(); iv != 25*time.Millisecond {
+	tr.Observe(Sample{Time: clk.at(0), Usage: 28 * mib, Limit: limit})
+	tr.Observe(Sample{Time: clk.at(100 * time.Millisecond), Usage: 28 * mib, Limit: limit})
+	if iv := tr.NextInterval(idle); iv != 25*time.Millisecond {
 		t.Errorf("steady but near a level: %v, want a quarter interval", iv)
 	}
 }

@@ -140,10 +140,11 @@ func (c *watched) takeNotice() time.Time {
 
 // interval is the time to the container's next sample.
 func (c *watched) interval() time.Duration {
-	iv := c.trig.NextInterval()
 	c.mu.Lock()
 	urgent := time.Now().Before(c.urgentUntil)
+	mode := c.c.Notify
 	c.mu.Unlock()
+	iv := c.trig.NextInterval(c.w.idleInterval(mode))
 	if urgent {
 		iv = min(iv, urgentInterval)
 	}
@@ -202,7 +203,6 @@ func (c *watched) tick(detected time.Time) error {
 		c.mu.Unlock()
 		was := ct.Notify
 		ct.Notify = mode
-		c.trig.SetIdleInterval(c.w.triggerFor(mode).IdleInterval)
 		if registered { // the registration was refused: a read-only view
 			c.w.logPollOnce(ct, c.notifier.Reason())
 		} else {
@@ -212,9 +212,9 @@ func (c *watched) tick(detected time.Time) error {
 	}
 	// The working set, not raw usage, is compared: page cache near the
 	// limit is reclaimed before any OOM kill and is no leak.
-	d := c.trig.Observe(s.Time, s.WorkingSet, s.Limit)
+	d := c.trig.Observe(trigger.Sample{Time: s.Time, Usage: s.WorkingSet, Limit: s.Limit})
 	if d.Suppressed != "" {
-		h.Suppressed(ct, d.Kind, d.Suppressed)
+		h.Suppressed(ct, string(d.Kind), d.Suppressed)
 	}
 	if d.Fire {
 		stat, err := c.mem.Stat()
@@ -228,7 +228,7 @@ func (c *watched) tick(detected time.Time) error {
 			pressure = &p
 		}
 		c.w.log.Info("trigger fired", "container", ct.Name, "kind", d.Kind, "reason", d.Reason, "hold", d.Hold)
-		h.Capture(Event{Container: ct, Sample: s, Kind: d.Kind, Reason: d.Reason, Hold: d.Hold,
+		h.Capture(Event{Container: ct, Sample: s, Kind: string(d.Kind), Reason: d.Reason, Hold: d.Hold,
 			Suppressed: d.Suppressed, DetectedAt: detected, Stat: stat, Pressure: pressure})
 	}
 	c.mu.Lock()

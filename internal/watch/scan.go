@@ -239,7 +239,7 @@ func (w *Watcher) watch(wg *sync.WaitGroup, key, name, dir string, version cgrou
 	// limit (1 MiB without one) re-reads it.
 	mem.SetStatRefresh(time.Second, max(s.Limit/100, 1<<20))
 	n := mem.Notify()
-	c := &watched{w: w, s: w.sampler, mem: mem, notifier: n, trig: trigger.New(w.triggerFor(n.Mode())), key: key,
+	c := &watched{w: w, s: w.sampler, mem: mem, notifier: n, trig: trigger.New(w.o.Trigger), key: key,
 		c:    Container{Name: name, CgroupPath: dir, PIDs: members, Version: version, Notify: n.Mode()},
 		last: s, oomKills: s.OOMKills, stop: make(chan struct{}), aliveAt: s.Time}
 	if n.Mode() == cgroup.ModePoll {

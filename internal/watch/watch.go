@@ -256,13 +256,13 @@ func (w *Watcher) logPollOnce(c Container, reason error) {
 	w.log.Debug("kernel memory notifications unavailable", "container", c.Name, "reason", reason)
 }
 
-// triggerFor returns the trigger options for a container notified in mode.
-func (w *Watcher) triggerFor(mode cgroup.Mode) trigger.Options {
-	o := w.o.Trigger
+// idleInterval is the sampling interval of a steady container notified in
+// mode: stretched only when a crossing of any level wakes the watcher.
+// The mode is passed at every sample, so a change never touches the
+// trigger's state.
+func (w *Watcher) idleInterval(mode cgroup.Mode) time.Duration {
 	if mode == cgroup.ModeEventfd {
-		o.IdleInterval = w.o.IdleInterval
-	} else {
-		o.IdleInterval = 0
+		return w.o.IdleInterval
 	}
-	return o
+	return 0
 }
