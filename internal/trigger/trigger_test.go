@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 const mib = 1 << 20
@@ -274,5 +276,58 @@ func TestNextInterval(t *testing.T) {
 	tr.Observe(Sample{Time: clk.at(100 * time.Millisecond), Usage: 28 * mib, Limit: limit})
 	if iv := tr.NextInterval(idle); iv != 25*time.Millisecond {
 		t.Errorf("steady but near a level: %v, want a quarter interval", iv)
+	}
+}
+
+// spike is a kind that exists only in this test: a new kind is one type
+// behind the rule interface and one entry in the rule list, and the
+// arbiter applies cooldown and demotion to it, and tells the per-level
+// rules of its captures, as to any kind.
+type spike struct {
+	at    uint64
+	armed bool
+}
+
+func (s *spike) kinds() []Kind                        { return []Kind{"spike"} }
+func (s *spike) levels(_ uint64, add func(uint64))    { add(s.at) }
+func (s *spike) upcoming(_ uint64, add func(float64)) { add(float64(s.at)) }
+func (s *spike) rearm(smp Sample, _ *window)          { s.armed = s.armed || smp.Usage < s.at }
+func (s *spike) fire(smp Sample, _ *window) (Decision, bool) {
+	if !s.armed || smp.Usage < s.at {
+		return Decision{}, false
+	}
+	s.armed = false
+	return Decision{Kind: "spike", Reason: "usage reached the spike level"}, true
+}
+
+func TestNewKindIsOneRule(t *testing.T) {
+	withSpike := func(o Options) []rule { return append([]rule{&spike{at: 40 * mib, armed: true}}, rules(o)...) }
+	tr := newWithRules(Options{Thresholds: []float64{60}, Cooldown: 30 * time.Second}.withDefaults(), withSpike)
+	clk := newFakeClock()
+	var got []string
+	var want []string
+	for _, s := range []step{
+		{0, 41, "ship spike"},
+		{100 * time.Millisecond, 45, ""},                  // the growth level 40 was captured by the spike
+		{time.Second, 61, "hold threshold-60 (cooldown)"}, // the spike's ship started the cooldown
+		{2 * time.Second, 30, ""},
+		{3 * time.Second, 41, "hold spike (cooldown)"},
+	} {
+		got = append(got, describe(tr.Observe(Sample{Time: clk.at(s.at), Usage: uint64(s.usage * mib), Limit: 100 * mib})))
+		want = append(want, s.want)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("decisions (-want +got):\n%s", diff)
+	}
+}
+
+func TestKinds(t *testing.T) {
+	got := Options{Thresholds: []float64{90, 60}, Absolute: mib, Horizon: time.Second}.Kinds()
+	want := []Kind{"threshold-60", "threshold-90", KindAbsolute, KindPredictive, KindGrowth}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Kinds (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]Kind{KindGrowth}, Options{}.Kinds()); diff != "" {
+		t.Errorf("Kinds of the defaults (-want +got):\n%s", diff)
 	}
 }
