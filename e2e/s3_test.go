@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/heapwatch/heapwatch/capture"
+	"github.com/heapwatch/heapwatch/internal/testkit"
 	"github.com/heapwatch/heapwatch/store"
 	"github.com/heapwatch/heapwatch/store/s3test"
 )
@@ -148,13 +149,4 @@ func TestS3WrongCredentialsKeepsSpool(t *testing.T) {
 	}
 }
 
-func waitUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+var waitUntil = testkit.WaitFor

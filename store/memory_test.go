@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/heapwatch/heapwatch/internal/testkit"
 	"github.com/heapwatch/heapwatch/store"
 	"github.com/heapwatch/heapwatch/store/s3test"
 )
@@ -19,15 +20,14 @@ import (
 // is not counted.
 const (
 	envUploadURL  = "HEAPWATCH_TEST_UPLOAD_URL"
+	childUpload   = "upload"
 	envUploadFile = "HEAPWATCH_TEST_UPLOAD_FILE"
 	uploadSize    = 100 << 20
 	rssTargetMiB  = 32
 )
 
 func TestMain(m *testing.M) {
-	if u := os.Getenv(envUploadURL); u != "" {
-		os.Exit(uploadChild(u))
-	}
+	testkit.RunChild(map[string]func() int{childUpload: func() int { return uploadChild(os.Getenv(envUploadURL)) }})
 	os.Exit(m.Run())
 }
 
@@ -91,8 +91,8 @@ func BenchmarkUpload100MBPeakRSS(b *testing.B) {
 				var peak int64
 				b.SetBytes(uploadSize)
 				for b.Loop() {
-					cmd := exec.Command(os.Args[0])
-					cmd.Env = append(append(os.Environ(), env...), envUploadURL+"="+rawURL, body.env)
+					cmd := testkit.Child(childUpload)
+					cmd.Env = append(append(cmd.Env, env...), envUploadURL+"="+rawURL, body.env)
 					if _, err := cmd.Output(); err != nil {
 						b.Fatalf("upload process: %v\n%s", err, errOutput(err))
 					}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/heapwatch/heapwatch/internal/podsim"
+	"github.com/heapwatch/heapwatch/internal/testkit"
 )
 
 func requireSupported(t *testing.T) {
@@ -140,9 +141,7 @@ func buildDemo(t *testing.T) string {
 // TestDemoRefusesWithoutRoot runs the demo as an unprivileged user: it must
 // say why it cannot run and exit non-zero.
 func TestDemoRefusesWithoutRoot(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to start the demo as another user")
-	}
+	testkit.NeedsRoot(t, "to start the demo as another user")
 	bin := buildDemo(t)
 	cmd := exec.Command(bin)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}

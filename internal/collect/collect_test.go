@@ -24,6 +24,7 @@ import (
 	"github.com/heapwatch/heapwatch/internal/pprof"
 	"github.com/heapwatch/heapwatch/internal/procfs"
 	"github.com/heapwatch/heapwatch/internal/spool"
+	"github.com/heapwatch/heapwatch/internal/testkit"
 	"github.com/heapwatch/heapwatch/store"
 )
 
@@ -32,15 +33,12 @@ import (
 // real /proc.
 var pprofPort, silentPort int
 
-// envLateApp runs the test binary as an app that opens its pprof port only
+// childLateApp runs the test binary as an app that opens its pprof port only
 // when told to (a line on stdin), then says so on stdout.
-const envLateApp = "HEAPWATCH_TEST_LATE_APP"
+const childLateApp = "late-app"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(envLateApp) != "" {
-		lateApp()
-		return
-	}
+	testkit.RunChild(map[string]func() int{childLateApp: func() int { lateApp(); return 0 }})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		panic(err)
@@ -363,8 +361,7 @@ func TestCaptureRechecksAppThatListenedLate(t *testing.T) {
 	logs := &logBuffer{}
 	f := newFixture(t, nil, slog.New(slog.NewJSONHandler(logs, nil)))
 
-	app := exec.Command(os.Args[0])
-	app.Env = append(os.Environ(), envLateApp+"=1")
+	app := testkit.Child(childLateApp)
 	stdin, err := app.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -66,7 +66,7 @@ func TestLeakShapesCapturedBeforeKill(t *testing.T) {
 					if now < next && !(notify && crossed) {
 						continue
 					}
-					d := observe(tr, clk.at(now), uint64(u), limit)
+					d := tr.Observe(Sample{Time: clk.at(now), Usage: uint64(u), Limit: limit})
 					next = now + tr.NextInterval(0)
 					if d.Fire {
 						if first < 0 {

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 const mib = 1 << 20
@@ -11,11 +13,6 @@ const mib = 1 << 20
 // fakeClock is a manual clock: the trigger takes times as arguments, and
 // tests advance this one explicitly.
 type fakeClock struct{ now time.Time }
-
-// observe feeds one sample.
-func observe(tr *Trigger, at time.Time, usage, limit uint64) Decision {
-	return tr.Observe(Sample{Time: at, Usage: usage, Limit: limit})
-}
 
 func newFakeClock() *fakeClock { return &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)} }
 
@@ -139,7 +136,7 @@ func TestObserve(t *testing.T) {
 			clk := newFakeClock()
 			tr := New(tt.opts)
 			for i, s := range tt.steps {
-				d := observe(tr, clk.at(s.at), uint64(s.usage*mib), tt.limit)
+				d := tr.Observe(Sample{Time: clk.at(s.at), Usage: uint64(s.usage * mib), Limit: tt.limit})
 				if got := describe(d); got != s.want {
 					t.Errorf("step %d (%v, %gMiB): got %q (%s), want %q", i, s.at, s.usage, got, d.Reason, s.want)
 				}
@@ -154,7 +151,7 @@ func TestObserve(t *testing.T) {
 func TestReasonText(t *testing.T) {
 	tr := New(Options{Thresholds: []float64{75}, GrowthFloor: 99})
 	usage := 0.762 * 128 * mib
-	d := observe(tr, newFakeClock().now, uint64(usage), 128*mib)
+	d := tr.Observe(Sample{Time: newFakeClock().now, Usage: uint64(usage), Limit: 128 * mib})
 	if d.Reason != "usage 76.2% of 128MiB crossed 75%" {
 		t.Errorf("Reason = %q", d.Reason)
 	}
@@ -167,7 +164,7 @@ func TestPredictive(t *testing.T) {
 	// 20 % of the limit per second from 40 %: the limit is 2 s away at 60 %.
 	var got []string
 	for i := 0; i <= 10; i++ {
-		d := observe(tr, clk.at(time.Duration(i)*100*time.Millisecond), uint64((40+2*float64(i))*mib), limit)
+		d := tr.Observe(Sample{Time: clk.at(time.Duration(i) * 100 * time.Millisecond), Usage: uint64((40 + 2*float64(i)) * mib), Limit: limit})
 		if d.Kind == KindPredictive && !strings.Contains(d.Reason, "reaches the limit in 2s") {
 			t.Errorf("reason %q", d.Reason)
 		}
@@ -180,19 +177,19 @@ func TestPredictive(t *testing.T) {
 	// Flat for longer than the window: the prediction goes away and the
 	// trigger re-arms; a new fast rise fires again.
 	for i := 1; i <= 15; i++ {
-		if d := observe(tr, clk.at(time.Second+time.Duration(i)*100*time.Millisecond), 60*mib, limit); d.Fire {
+		if d := tr.Observe(Sample{Time: clk.at(time.Second + time.Duration(i)*100*time.Millisecond), Usage: 60 * mib, Limit: limit}); d.Fire {
 			t.Fatalf("fired while flat: %+v", d)
 		}
 	}
-	d := observe(tr, clk.at(2600*time.Millisecond), 65*mib, limit)
-	d2 := observe(tr, clk.at(2700*time.Millisecond), 75*mib, limit)
+	d := tr.Observe(Sample{Time: clk.at(2600 * time.Millisecond), Usage: 65 * mib, Limit: limit})
+	d2 := tr.Observe(Sample{Time: clk.at(2700 * time.Millisecond), Usage: 75 * mib, Limit: limit})
 	if describe(d) != "ship predictive" && describe(d2) != "ship predictive" {
 		t.Errorf("no predictive after re-arm: %q, %q", describe(d), describe(d2))
 	}
 	// Below the floor a fast rise is not predicted.
 	tr = New(Options{Horizon: 2 * time.Second})
-	observe(tr, clk.at(0), 1*mib, limit)
-	if d := observe(tr, clk.at(10*time.Millisecond), 20*mib, limit); d.Kind != "" {
+	tr.Observe(Sample{Time: clk.at(0), Usage: 1 * mib, Limit: limit})
+	if d := tr.Observe(Sample{Time: clk.at(10 * time.Millisecond), Usage: 20 * mib, Limit: limit}); d.Kind != "" {
 		t.Errorf("below the floor: %+v", d)
 	}
 }
@@ -201,13 +198,13 @@ func TestHeldCap(t *testing.T) {
 	clk := newFakeClock()
 	tr := New(Options{MaxHeldPerHour: 1})
 	const limit = 100 * mib
-	if d := observe(tr, clk.at(0), 31*mib, limit); describe(d) != "hold growth" {
+	if d := tr.Observe(Sample{Time: clk.at(0), Usage: 31 * mib, Limit: limit}); describe(d) != "hold growth" {
 		t.Fatalf("first: %q", describe(d))
 	}
-	if d := observe(tr, clk.at(time.Second), 41*mib, limit); describe(d) != "suppressed growth held-hourly-cap" {
+	if d := tr.Observe(Sample{Time: clk.at(time.Second), Usage: 41 * mib, Limit: limit}); describe(d) != "suppressed growth held-hourly-cap" {
 		t.Fatalf("second: %q", describe(d))
 	}
-	if d := observe(tr, clk.at(2*time.Second), 42*mib, limit); d.Kind != "" {
+	if d := tr.Observe(Sample{Time: clk.at(2 * time.Second), Usage: 42 * mib, Limit: limit}); d.Kind != "" {
 		t.Fatalf("reported twice for one step: %+v", d)
 	}
 }
@@ -237,48 +234,100 @@ func TestNextInterval(t *testing.T) {
 	const limit = 100 * mib
 	o := Options{Thresholds: []float64{60, 75, 90}, Interval: 100 * time.Millisecond, MinInterval: 10 * time.Millisecond}
 	tr := New(o)
-	observe(tr, clk.at(0), 10*mib, limit)
+	tr.Observe(Sample{Time: clk.at(0), Usage: 10 * mib, Limit: limit})
 	if iv := tr.NextInterval(0); iv != 100*time.Millisecond {
 		t.Errorf("idle far from levels: %v, want the base interval", iv)
 	}
-	observe(tr, clk.at(100*time.Millisecond), 10*mib, limit)
-	observe(tr, clk.at(200*time.Millisecond), 27*mib, limit) // 3 points below the growth floor
+	tr.Observe(Sample{Time: clk.at(100 * time.Millisecond), Usage: 10 * mib, Limit: limit})
+	tr.Observe(Sample{Time: clk.at(200 * time.Millisecond), Usage: 27 * mib, Limit: limit}) // 3 points below the growth floor
 	if iv := tr.NextInterval(0); iv > 25*time.Millisecond {
 		t.Errorf("close to a level: %v, want at most a quarter interval", iv)
 	}
 	tr = New(o)
-	observe(tr, clk.at(0), 0, limit)
-	observe(tr, clk.at(100*time.Millisecond), 10*mib, limit) // 100 MiB/s, 20 MiB from the floor
+	tr.Observe(Sample{Time: clk.at(0), Usage: 0, Limit: limit})
+	tr.Observe(Sample{Time: clk.at(100 * time.Millisecond), Usage: 10 * mib, Limit: limit}) // 100 MiB/s, 20 MiB from the floor
 	if iv := tr.NextInterval(0); iv != 50*time.Millisecond {
 		t.Errorf("growing fast: %v, want a quarter of the 200 ms ETA", iv)
 	}
-	observe(tr, clk.at(110*time.Millisecond), 29*mib, limit)
+	tr.Observe(Sample{Time: clk.at(110 * time.Millisecond), Usage: 29 * mib, Limit: limit})
 	if iv := tr.NextInterval(0); iv != 10*time.Millisecond {
 		t.Errorf("about to cross: %v, want MinInterval", iv)
 	}
 
-	// An idle interval is used only while steady and far from every level.
-	const idle = time.Second
+	const idle = time.Second // as a caller woken by notifications at every level passes
 	tr = New(o)
-	observe(tr, clk.at(0), 10*mib, limit)
+	tr.Observe(Sample{Time: clk.at(0), Usage: 10 * mib, Limit: limit})
 	if iv := tr.NextInterval(idle); iv != 100*time.Millisecond {
 		t.Errorf("one sample: %v, want the base interval until the rate is known", iv)
 	}
-	observe(tr, clk.at(100*time.Millisecond), 10*mib, limit)
+	tr.Observe(Sample{Time: clk.at(100 * time.Millisecond), Usage: 10 * mib, Limit: limit})
 	if iv := tr.NextInterval(idle); iv != time.Second {
 		t.Errorf("steady far from levels: %v, want IdleInterval", iv)
 	}
 	if iv := tr.NextInterval(0); iv != 100*time.Millisecond { // the notifications stopped
 		t.Errorf("steady, IdleInterval cleared: %v, want the base interval", iv)
 	}
-	observe(tr, clk.at(200*time.Millisecond), 11*mib, limit) // 1 MiB in 100 ms: 10 %/s
+	tr.Observe(Sample{Time: clk.at(200 * time.Millisecond), Usage: 11 * mib, Limit: limit}) // 1 MiB in 100 ms: 10 %/s
 	if iv := tr.NextInterval(idle); iv != 100*time.Millisecond {
 		t.Errorf("growing: %v, want the base interval", iv)
 	}
 	tr = New(o)
-	observe(tr, clk.at(0), 28*mib, limit)
-	observe(tr, clk.at(100*time.Millisecond), 28*mib, limit)
+	tr.Observe(Sample{Time: clk.at(0), Usage: 28 * mib, Limit: limit})
+	tr.Observe(Sample{Time: clk.at(100 * time.Millisecond), Usage: 28 * mib, Limit: limit})
 	if iv := tr.NextInterval(idle); iv != 25*time.Millisecond {
 		t.Errorf("steady but near a level: %v, want a quarter interval", iv)
+	}
+}
+
+// spike is a kind that exists only in this test: a new kind is one type
+// behind the rule interface and one entry in the rule list, and the
+// arbiter applies cooldown and demotion to it, and tells the per-level
+// rules of its captures, as to any kind.
+type spike struct {
+	at    uint64
+	armed bool
+}
+
+func (s *spike) kinds() []Kind                        { return []Kind{"spike"} }
+func (s *spike) levels(_ uint64, add func(uint64))    { add(s.at) }
+func (s *spike) upcoming(_ uint64, add func(float64)) { add(float64(s.at)) }
+func (s *spike) rearm(smp Sample, _ *window)          { s.armed = s.armed || smp.Usage < s.at }
+func (s *spike) fire(smp Sample, _ *window) (Decision, bool) {
+	if !s.armed || smp.Usage < s.at {
+		return Decision{}, false
+	}
+	s.armed = false
+	return Decision{Kind: "spike", Reason: "usage reached the spike level"}, true
+}
+
+func TestNewKindIsOneRule(t *testing.T) {
+	withSpike := func(o Options) []rule { return append([]rule{&spike{at: 40 * mib, armed: true}}, rules(o)...) }
+	tr := newWithRules(Options{Thresholds: []float64{60}, Cooldown: 30 * time.Second}.withDefaults(), withSpike)
+	clk := newFakeClock()
+	var got []string
+	var want []string
+	for _, s := range []step{
+		{0, 41, "ship spike"},
+		{100 * time.Millisecond, 45, ""},                  // the growth level 40 was captured by the spike
+		{time.Second, 61, "hold threshold-60 (cooldown)"}, // the spike's ship started the cooldown
+		{2 * time.Second, 30, ""},
+		{3 * time.Second, 41, "hold spike (cooldown)"},
+	} {
+		got = append(got, describe(tr.Observe(Sample{Time: clk.at(s.at), Usage: uint64(s.usage * mib), Limit: 100 * mib})))
+		want = append(want, s.want)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("decisions (-want +got):\n%s", diff)
+	}
+}
+
+func TestKinds(t *testing.T) {
+	got := Options{Thresholds: []float64{90, 60}, Absolute: mib, Horizon: time.Second}.Kinds()
+	want := []Kind{"threshold-60", "threshold-90", KindAbsolute, KindPredictive, KindGrowth}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Kinds (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]Kind{KindGrowth}, Options{}.Kinds()); diff != "" {
+		t.Errorf("Kinds of the defaults (-want +got):\n%s", diff)
 	}
 }

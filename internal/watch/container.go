@@ -144,7 +144,7 @@ func (c *watched) interval() time.Duration {
 	urgent := time.Now().Before(c.urgentUntil)
 	mode := c.c.Notify
 	c.mu.Unlock()
-	iv := c.trig.NextInterval(c.w.idleFor(mode))
+	iv := c.trig.NextInterval(c.w.idleInterval(mode))
 	if urgent {
 		iv = min(iv, urgentInterval)
 	}
@@ -227,7 +227,7 @@ func (c *watched) tick(detected time.Time) error {
 		} else if ok {
 			pressure = &p
 		}
-		c.w.log.Info("trigger fired", "container", ct.Name, "kind", string(d.Kind), "reason", d.Reason, "hold", d.Hold)
+		c.w.log.Info("trigger fired", "container", ct.Name, "kind", d.Kind, "reason", d.Reason, "hold", d.Hold)
 		h.Capture(Event{Container: ct, Sample: s, Kind: string(d.Kind), Reason: d.Reason, Hold: d.Hold,
 			Suppressed: d.Suppressed, DetectedAt: detected, Stat: stat, Pressure: pressure})
 	}

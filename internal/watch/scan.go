@@ -133,7 +133,7 @@ func (w *Watcher) watch(wg *sync.WaitGroup, key, name string, target capture.Tar
 		w.logPollOnce(c.c, n.Reason())
 	}
 	w.log.Info("watching container", "container", name, "pids", members, "cgroup", dir,
-		"cgroupVersion", int(version), "notify", string(n.Mode()), "limit", s.Limit, "usage", s.Usage)
+		"cgroupVersion", int(version), "notify", string(n.Mode()), "limit", s.Limit, "usage", s.Usage, "triggers", w.o.Trigger.Kinds())
 	w.mu.Lock()
 	w.containers[key] = c
 	w.mu.Unlock()

@@ -266,10 +266,11 @@ func (w *Watcher) logPollOnce(c Container, reason error) {
 	w.log.Debug("kernel memory notifications unavailable", "container", c.Name, "reason", reason)
 }
 
-// idleFor is the idle sampling interval of a container notified in mode:
-// only kernel notifications at every trigger level make a long idle wait
-// safe (see trigger.Trigger.NextInterval).
-func (w *Watcher) idleFor(mode cgroup.Mode) time.Duration {
+// idleInterval is the sampling interval of a steady container notified in
+// mode: stretched only when a crossing of any level wakes the watcher.
+// The mode is passed at every sample, so a change never touches the
+// trigger's state.
+func (w *Watcher) idleInterval(mode cgroup.Mode) time.Duration {
 	if mode == cgroup.ModeEventfd {
 		return w.o.IdleInterval
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/heapwatch/heapwatch/internal/cgroup/cgrouptest"
 	"github.com/heapwatch/heapwatch/internal/podsim"
 	"github.com/heapwatch/heapwatch/internal/procfs"
+	"github.com/heapwatch/heapwatch/internal/testkit"
 	"github.com/heapwatch/heapwatch/internal/trigger"
 )
 
@@ -113,17 +114,7 @@ func startWatcher(t testing.TB, w *Watcher) *Watcher {
 	return w
 }
 
-// waitFor polls cond until it holds or the timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+var waitFor = testkit.WaitFor
 
 func find(w *Watcher, name string) (Status, bool) {
 	for _, s := range w.Snapshot() {

@@ -13,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/heapwatch/heapwatch/internal/testkit"
 	"github.com/heapwatch/heapwatch/internal/webhook/inject"
 	"github.com/heapwatch/heapwatch/settings"
 )
@@ -27,9 +28,7 @@ var procReads = []string{"environ", "fd-list", "fd-link", "root"}
 // against one running as root with root's capabilities, and dropping any one
 // of the added capabilities must make a read fail.
 func TestCapabilitiesSufficientAndNecessary(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to start processes as other users and to limit capabilities")
-	}
+	testkit.NeedsRoot(t, "to start processes as other users and to limit capabilities")
 	setpriv, err := exec.LookPath("setpriv")
 	if err != nil {
 		t.Skip("needs setpriv (util-linux) to run a reader with limited capabilities")
