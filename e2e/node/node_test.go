@@ -1,3 +1,5 @@
+//go:build node
+
 // Package node_test runs heapwatch's user story on a real node: a kubelet
 // with containerd and runc on cgroup v2 inside the QEMU VM (internal/node),
 // registered with a real kube-apiserver on the host (envtest), the webhook
@@ -11,7 +13,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -383,8 +384,7 @@ func startWebhook(t *testing.T, env *envtest.Environment, dir, bin string) *webh
 			if !strings.HasSuffix(o.GetName(), "webhook") {
 				continue
 			}
-			cs, _, _ := unstructuredContainers(o.Object)
-			args = cs
+			args = containerArgs(o.Object)
 		case "MutatingWebhookConfiguration":
 			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, &mwc); err != nil {
 				t.Fatal(err)
@@ -450,19 +450,18 @@ func startWebhook(t *testing.T, env *envtest.Environment, dir, bin string) *webh
 	if _, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(t.Context(), &mwc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	_ = http.DefaultClient
 	return w
 }
 
-// unstructuredContainers returns the args of the first container of a
-// rendered Deployment.
-func unstructuredContainers(obj map[string]any) ([]string, bool, error) {
+// containerArgs returns the args of the first container of a rendered
+// Deployment.
+func containerArgs(obj map[string]any) []string {
 	spec, _ := obj["spec"].(map[string]any)
 	tmpl, _ := spec["template"].(map[string]any)
 	podSpec, _ := tmpl["spec"].(map[string]any)
 	cs, _ := podSpec["containers"].([]any)
 	if len(cs) == 0 {
-		return nil, false, nil
+		return nil
 	}
 	c, _ := cs[0].(map[string]any)
 	raw, _ := c["args"].([]any)
@@ -470,7 +469,7 @@ func unstructuredContainers(obj map[string]any) ([]string, bool, error) {
 	for _, a := range raw {
 		args = append(args, fmt.Sprint(a))
 	}
-	return args, true, nil
+	return args
 }
 
 type syncBuffer struct {

@@ -2,6 +2,7 @@ package watch
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -181,6 +182,14 @@ func (w *Watcher) name(key string, members []int, path string) (name string, sur
 		if v, ok, err := w.fs.Proc(pid).Getenv(settings.ContainerNameEnv); err == nil && ok && v != "" {
 			delete(w.unnamed, key)
 			return v, true
+		}
+	}
+	for _, pid := range members {
+		// runc init ("runc:[2:INIT]") shows runc's environment, not the
+		// container's, until it execs the entrypoint: on a real node that
+		// can outlast two scans, so it never counts as a sighting.
+		if comm, err := w.fs.Proc(pid).Comm(); err == nil && strings.HasPrefix(comm, "runc:") {
+			return "", false
 		}
 	}
 	if !w.unnamed[key] {
