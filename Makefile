@@ -62,6 +62,17 @@ test-v2: ## Run the real-kernel suites (podsim, cgroup, e2e) on cgroup v2 in a Q
 	HEAPWATCH_V2_RUN='$(RUN)' HEAPWATCH_V2_SUMMARY=$(BIN)/vm/summary go test -count=1 -v -timeout 30m ./e2e/cgroupv2/
 	@cat $(BIN)/vm/summary
 
+# The story on a real node: kubelet + containerd + runc in the cgroup v2 VM.
+# internal/node builds the kubelet (.ci/tools/node, ~7-10 min cold) and
+# containerd (.ci/tools/containerd, ~2 min) into ./bin/node when missing.
+NODE_BIN := $(BIN)/node
+
+.PHONY: test-node
+test-node: envtest ## Run the user's story on a real kubelet + containerd + runc node in the cgroup v2 VM (not in `make test` yet).
+	@rm -f $(NODE_BIN)/summary
+	$(TEST_ENV) HEAPWATCH_NODE_SUMMARY=$(NODE_BIN)/summary go test -tags node -count=1 -v -timeout 30m ./e2e/node/
+	@cat $(NODE_BIN)/summary
+
 .PHONY: bench
 bench: envtest versitygw ## Run the benchmarks: admission latency, detection latency, capture rate, CPU, memory.
 	$(TEST_ENV) go test -run '^$$' -bench . -benchmem -timeout 60m ./...

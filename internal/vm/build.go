@@ -30,7 +30,7 @@ func GoBuild(ctx context.Context, out, pkg string, test bool) error {
 	return nil
 }
 
-func buildInitramfs(ctx context.Context, out, work, busybox string, files map[string]string) error {
+func buildInitramfs(ctx context.Context, out, work, busybox string, files, programs map[string]string) error {
 	r := initramfs{}
 	guest := filepath.Join(work, "guest-init")
 	if err := GoBuild(ctx, guest, "./internal/vm/guest", false); err != nil {
@@ -53,7 +53,7 @@ func buildInitramfs(ctx context.Context, out, work, busybox string, files map[st
 		r.addSymlink("/bin/"+applet, "busybox")
 	}
 	for _, tool := range hostTools {
-		if err := r.addWithLibraries(ctx, tool); err != nil {
+		if err := r.addWithLibraries(ctx, tool, tool); err != nil {
 			return err
 		}
 	}
@@ -68,6 +68,11 @@ func buildInitramfs(ctx context.Context, out, work, busybox string, files map[st
 			return err
 		}
 	}
+	for dst, src := range programs {
+		if err := r.addWithLibraries(ctx, dst, src); err != nil {
+			return err
+		}
+	}
 	f, err := os.Create(out)
 	if err != nil {
 		return fmt.Errorf("vm: %w", err)
@@ -79,10 +84,10 @@ func buildInitramfs(ctx context.Context, out, work, busybox string, files map[st
 	return f.Close()
 }
 
-// addWithLibraries adds a dynamically linked host program at the same path,
-// with the libraries and loader ldd names.
-func (r initramfs) addWithLibraries(ctx context.Context, bin string) error {
-	if err := r.addFile(bin, bin); err != nil {
+// addWithLibraries adds the dynamically linked host program bin at dst, with
+// the libraries and loader ldd names at their host paths.
+func (r initramfs) addWithLibraries(ctx context.Context, dst, bin string) error {
+	if err := r.addFile(dst, bin); err != nil {
 		return err
 	}
 	out, err := exec.CommandContext(ctx, "ldd", bin).Output()

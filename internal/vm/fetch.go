@@ -36,19 +36,12 @@ const kernelMeta = "linux-image-cloud-amd64"
 // from Debian's archive with apt-get download + dpkg -x (nothing is
 // installed on the host). A lock file serialises concurrent callers.
 func fetch(ctx context.Context, dir string) (*assets, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("vm: cache: %w", err)
-	}
-	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	f, unlock, err := lockedFetcher(ctx, dir)
 	if err != nil {
-		return nil, fmt.Errorf("vm: cache: %w", err)
+		return nil, err
 	}
-	defer lock.Close()
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
-		return nil, fmt.Errorf("vm: cache lock: %w", err)
-	}
-	a := &assets{cached: true}
-	f := fetcher{ctx: ctx, dir: dir, a: a}
+	defer unlock()
+	a := f.a
 	if a.kernel, err = f.kernel(); err != nil {
 		return nil, err
 	}
@@ -209,4 +202,60 @@ func (f *fetcher) qemu() error {
 		return fmt.Errorf("vm: cache: %w", err)
 	}
 	return nil
+}
+
+// Package returns the directory Debian's package pkg is extracted into in
+// the cache (cacheDir, or the default of Config.CacheDir), downloading it
+// first if needed, for files a caller puts into the guest (a runtime, its
+// plugins). Nothing is installed on the host.
+func Package(ctx context.Context, cacheDir, pkg string) (string, error) {
+	f, unlock, err := lockedFetcher(ctx, cacheDir)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	return f.extracted(pkg, "")
+}
+
+// KernelModules returns the guest kernel's module tree
+// (.../lib/modules/<release>), for modules a guest loads with insmod.
+func KernelModules(ctx context.Context, cacheDir string) (string, error) {
+	f, unlock, err := lockedFetcher(ctx, cacheDir)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	kernel, err := f.kernel()
+	if err != nil {
+		return "", err
+	}
+	release := strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-")
+	return filepath.Join(filepath.Dir(filepath.Dir(kernel)), "lib", "modules", release), nil
+}
+
+func lockedFetcher(ctx context.Context, dir string) (*fetcher, func(), error) {
+	dir = cacheDir(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, nil, fmt.Errorf("vm: cache: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, nil, fmt.Errorf("vm: cache: %w", err)
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		lock.Close()
+		return nil, nil, fmt.Errorf("vm: cache lock: %w", err)
+	}
+	return &fetcher{ctx: ctx, dir: dir, a: &assets{cached: true}}, func() { lock.Close() }, nil
+}
+
+// cacheDir is dir, else $HEAPWATCH_VM_DIR, else <module root>/bin/vm.
+func cacheDir(dir string) string {
+	if dir == "" {
+		dir = os.Getenv("HEAPWATCH_VM_DIR")
+	}
+	if dir == "" {
+		dir = filepath.Join(ModuleRoot(), "bin", "vm")
+	}
+	return dir
 }

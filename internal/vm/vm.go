@@ -47,8 +47,19 @@ type Config struct {
 	WorkDir string
 	// Files maps guest paths to host files copied into the initramfs.
 	Files map[string]string
+	// Programs maps guest paths to dynamically linked host programs (e.g.
+	// from a Debian package), copied with the libraries ldd names.
+	Programs map[string]string
 	// MemoryMiB and CPUs of the guest; defaults 2048 and 2.
 	MemoryMiB, CPUs int
+	// TmpfsRoot makes the guest's root a tmpfs instead of the initramfs
+	// rootfs, which runc cannot pivot_root out of (a container runtime
+	// in the guest needs it).
+	TmpfsRoot bool
+	// Network gives the guest a virtio NIC on QEMU's user-mode network:
+	// the guest (10.0.2.15 once configured) reaches the host's loopback
+	// as 10.0.2.2, nothing else. The guest loads the virtio_net module.
+	Network bool
 	// BootTimeout bounds fetching, building and booting; default 5 min.
 	BootTimeout time.Duration
 	// Log receives progress lines (timings); nil discards them.
@@ -119,12 +130,7 @@ func Boot(ctx context.Context, cfg Config) (_ *VM, err error) {
 	if cfg.Log == nil {
 		cfg.Log = io.Discard
 	}
-	if cfg.CacheDir == "" {
-		cfg.CacheDir = os.Getenv("HEAPWATCH_VM_DIR")
-	}
-	if cfg.CacheDir == "" {
-		cfg.CacheDir = filepath.Join(ModuleRoot(), "bin", "vm")
-	}
+	cfg.CacheDir = cacheDir(cfg.CacheDir)
 	ctx, cancel := context.WithTimeout(ctx, cfg.BootTimeout)
 	defer cancel()
 	v := &VM{work: cfg.WorkDir, log: cfg.Log, exited: make(chan struct{}), ready: make(chan string, 1)}
@@ -149,7 +155,7 @@ func Boot(ctx context.Context, cfg Config) (_ *VM, err error) {
 
 	start = time.Now()
 	initrd := filepath.Join(v.work, "initrd.cpio")
-	if err := buildInitramfs(ctx, initrd, v.work, a.busybox, cfg.Files); err != nil {
+	if err := buildInitramfs(ctx, initrd, v.work, a.busybox, cfg.Files, cfg.Programs); err != nil {
 		return nil, err
 	}
 	v.Timings.Build = time.Since(start)
@@ -172,11 +178,18 @@ func Boot(ctx context.Context, cfg Config) (_ *VM, err error) {
 
 func (v *VM) start(a *assets, initrd string, cfg Config) error {
 	args := append([]string{}, a.qemuArgs...)
+	appendArg := "console=ttyS0 quiet panic=-1 oops=panic"
+	if cfg.TmpfsRoot {
+		appendArg += " " + wire.TmpfsRootArg
+	}
+	if cfg.Network {
+		args = append(args, "-nic", "user,model=virtio-net-pci")
+	}
 	args = append(args,
 		"-accel", Accel, "-cpu", "max", "-m", fmt.Sprint(cfg.MemoryMiB), "-smp", fmt.Sprint(cfg.CPUs),
 		"-nodefaults", "-display", "none", "-no-reboot",
 		"-kernel", a.kernel, "-initrd", initrd,
-		"-append", "console=ttyS0 quiet panic=-1 oops=panic",
+		"-append", appendArg,
 		"-chardev", "file,id=console,path="+v.ConsolePath(), "-serial", "chardev:console",
 		"-chardev", "stdio,id=control,signal=off", "-serial", "chardev:control",
 	)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -97,5 +98,38 @@ func TestRunTimeoutKillsTheVM(t *testing.T) {
 	}
 	if err := syscall.Kill(v.cmd.Process.Pid, 0); err == nil {
 		t.Error("QEMU process still exists")
+	}
+}
+
+// TestTmpfsRoot: with TmpfsRoot the guest's root is a tmpfs mount (not the
+// initramfs rootfs, which a container runtime cannot pivot_root out of),
+// and the files of the initramfs are there.
+func TestTmpfsRoot(t *testing.T) {
+	v, err := Boot(t.Context(), Config{MemoryMiB: 1024, CPUs: 2, TmpfsRoot: true, Log: testWriter{t}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := v.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	res, err := v.Run(t.Context(), Command{Argv: []string{"/bin/sh", "-c", "cat /proc/self/mountinfo; ls /bin/busybox"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s", res.Output)
+	var rootFS string
+	for line := range strings.SplitSeq(string(res.Output), "\n") {
+		// id parent major:minor root mountpoint options ... - fstype source
+		f := strings.Fields(line)
+		if len(f) > 5 && f[4] == "/" {
+			if i := slices.Index(f, "-"); i > 0 && i+1 < len(f) {
+				rootFS = f[i+1]
+			}
+		}
+	}
+	if rootFS != "tmpfs" || res.ExitCode != 0 {
+		t.Errorf("root filesystem %q (exit %d), want tmpfs with /bin/busybox", rootFS, res.ExitCode)
 	}
 }

@@ -231,4 +231,16 @@ func TestScanOpensExecedGroupAtOnce(t *testing.T) {
 	if len(w.pending) != 0 || len(w.reported) != 0 {
 		t.Errorf("verdicts %v %v: a group in set-up must not be reported", w.pending, w.reported)
 	}
+	// However long runc init lasts (it outlasted settleAge and two scans on
+	// a real node), it is no sighting of the container: the group is not
+	// watched under its container ID, and waits for the entrypoint's name.
+	for key := range w.firstSeen {
+		w.firstSeen[key] = w.firstSeen[key].Add(-time.Minute)
+	}
+	for range 3 {
+		w.scan(&wg)
+	}
+	if len(w.containers) != 1 || len(w.pending) != 0 || len(w.reported) != 0 {
+		t.Errorf("watching %d containers, verdicts %v %v: the process in runc init was taken for a container", len(w.containers), w.pending, w.reported)
+	}
 }

@@ -160,6 +160,14 @@ func (d *PodContainers) name(key string, members []int, path string) (name strin
 		delete(d.unnamed, key)
 		return v, true
 	}
+	for _, pid := range members {
+		// runc init ("runc:[2:INIT]") shows runc's environment, not the
+		// container's, until it execs the entrypoint: on a real node that
+		// can outlast two scans, so it never counts as a sighting.
+		if comm, err := d.fs.Proc(pid).Comm(); err == nil && strings.HasPrefix(comm, "runc:") {
+			return "", false
+		}
+	}
 	if !d.unnamed[key] {
 		d.unnamed[key] = true
 		return "", false

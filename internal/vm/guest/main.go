@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -41,6 +42,10 @@ func main() {
 			os.Exit(1)
 		}
 		return
+	}
+	if err := tmpfsRoot(); err != nil {
+		fmt.Fprintln(os.Stderr, "guest: tmpfs root:", err)
+		powerOff()
 	}
 	if err := setup(); err != nil {
 		fmt.Fprintln(os.Stderr, "guest: setup:", err)
@@ -72,6 +77,64 @@ func powerOff() {
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 	select {}
 }
+
+// tmpfsRoot moves the root filesystem from the initramfs into a tmpfs when
+// the kernel command line asks for it (vm.Config.TmpfsRoot): runc's
+// pivot_root cannot leave the initramfs rootfs, a real node's root is a
+// real mount. It copies the initramfs into a tmpfs and execs itself there
+// through busybox's switch_root (which frees the initramfs), once.
+func tmpfsRoot() error {
+	cmdline, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		if err := os.MkdirAll("/proc", 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount("proc", "/proc", "proc", 0, ""); err != nil {
+			return err
+		}
+		cmdline, err = os.ReadFile("/proc/cmdline")
+		if err := unix.Unmount("/proc", 0); err != nil {
+			return err
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if !slices.Contains(strings.Fields(string(cmdline)), wire.TmpfsRootArg) || os.Getenv(tmpfsRootEnv) != "" {
+		return nil
+	}
+	const newRoot = "/newroot"
+	if err := os.MkdirAll(newRoot, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount("tmpfs", newRoot, "tmpfs", 0, "mode=0755"); err != nil {
+		return fmt.Errorf("mount tmpfs on %s: %w", newRoot, err)
+	}
+	entries, err := os.ReadDir("/")
+	if err != nil {
+		return err
+	}
+	args := []string{"cp", "-a"}
+	for _, e := range entries {
+		if name := e.Name(); name != "newroot" && name != "proc" && name != "sys" && name != "dev" {
+			args = append(args, "/"+name)
+		}
+	}
+	cp := exec.Command("/bin/busybox", append(args, newRoot+"/")...)
+	cp.Stdin = os.Stdin // the console: there is no /dev/null yet
+	if out, err := cp.CombinedOutput(); err != nil {
+		return fmt.Errorf("copy the initramfs: %w: %s", err, out)
+	}
+	for _, d := range []string{"proc", "sys", "dev"} {
+		if err := os.MkdirAll(filepath.Join(newRoot, d), 0o755); err != nil {
+			return err
+		}
+	}
+	env := append(os.Environ(), tmpfsRootEnv+"=1")
+	return syscall.Exec("/bin/busybox", []string{"switch_root", newRoot, "/init"}, env)
+}
+
+const tmpfsRootEnv = "HEAPWATCH_VM_TMPFS_ROOT"
 
 // setup mounts what a node's init would and enables the cgroup v2
 // controllers in the root, as systemd does on a cgroup v2 node.

@@ -3,6 +3,10 @@
 // second serial port. It imports nothing of ours, so the guest stays small.
 package wire
 
+// TmpfsRootArg on the kernel command line makes the guest init move its
+// root from the initramfs into a tmpfs before anything else.
+const TmpfsRootArg = "heapwatch.tmpfsroot"
+
 // Request asks the guest to run one command.
 type Request struct {
 	ID   int      `json:"id"`
