@@ -20,7 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
 
-	"github.com/heapwatch/heapwatch/store"
+	"github.com/heapwatch/heapwatch/store/storeurl"
 )
 
 const (
@@ -484,11 +484,11 @@ func parseProfiles(v string) ([]string, error) {
 	return out, nil
 }
 
-// parseStorage checks the URL with the storage package's own parser, so an
-// annotation typo (an unknown query parameter, a relative path) is caught at
+// parseStorage checks the URL with the storage URL grammar (the one store.Open
+// uses, without its SDK), so an annotation typo (an unknown query parameter, a relative path) is caught at
 // admission, not when the first capture is lost.
 func parseStorage(v string) (string, error) {
-	if err := store.Validate(v); err != nil {
+	if err := storeurl.Validate(v); err != nil {
 		return "", err
 	}
 	return v, nil

@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+
+	"github.com/heapwatch/heapwatch/store/storeurl"
 )
 
 const (
@@ -92,7 +94,7 @@ func createTemp(root *os.Root, dir string) (string, *os.File, error) {
 	var b [8]byte
 	for range 10 {
 		rand.Read(b[:])
-		name := path.Join(dir, tmpPrefix+hex.EncodeToString(b[:]))
+		name := path.Join(dir, storeurl.TmpPrefix+hex.EncodeToString(b[:]))
 		f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fileMode)
 		if errors.Is(err, fs.ErrExist) {
 			continue
@@ -171,7 +173,7 @@ func (s *fileStore) walk(ctx context.Context, fsys fs.FS, dir, prefix string, fn
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if strings.HasPrefix(e.Name(), tmpPrefix) {
+		if strings.HasPrefix(e.Name(), storeurl.TmpPrefix) {
 			continue
 		}
 		key := e.Name()

@@ -17,6 +17,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/logging"
+
+	"github.com/heapwatch/heapwatch/store/storeurl"
 )
 
 // Upload buffers: for a stream (not a file) the uploader holds the first part
@@ -32,13 +34,13 @@ const (
 const defaultRegion = "us-east-1"
 
 type s3Store struct {
-	cfg      s3Config
+	cfg      storeurl.S3
 	client   *s3.Client
 	uploader *manager.Uploader
 	uploads  chan struct{} // semaphore: one upload at a time
 }
 
-func openS3(ctx context.Context, c s3Config) (*s3Store, error) {
+func openS3(ctx context.Context, c storeurl.S3) (*s3Store, error) {
 	opts := []func(*config.LoadOptions) error{config.WithLogger(sdkLogger{})}
 	if c.Region != "" {
 		opts = append(opts, config.WithRegion(c.Region))
@@ -123,12 +125,12 @@ func (s *s3Store) Put(ctx context.Context, key string, r io.Reader, size int64) 
 		ContentType: aws.String(contentType(key)),
 	}
 	switch s.cfg.SSE {
-	case sseKMS:
+	case storeurl.SSEKMS:
 		in.ServerSideEncryption = types.ServerSideEncryptionAwsKms
 		if s.cfg.KMSKey != "" {
 			in.SSEKMSKeyId = aws.String(s.cfg.KMSKey)
 		}
-	case sseAES256:
+	case storeurl.SSEAES256:
 		in.ServerSideEncryption = types.ServerSideEncryptionAes256
 	}
 	if _, err := s.uploader.Upload(ctx, in); err != nil {

@@ -9,7 +9,8 @@ import (
 	"io"
 	"strings"
 	"time"
-	"unicode/utf8"
+
+	"github.com/heapwatch/heapwatch/store/storeurl"
 )
 
 // Object is one stored object.
@@ -28,10 +29,10 @@ var (
 	ErrCredentials = errors.New("storage credentials missing or rejected")
 	// ErrBadKey is returned (wrapped) for a key or prefix that could escape the
 	// storage root or that S3 and a file system would not store alike.
-	ErrBadKey = errors.New("invalid object key")
+	ErrBadKey = storeurl.ErrBadKey
 	// ErrBadURL is returned (wrapped) by Open and Validate for a storage URL
 	// that cannot be used.
-	ErrBadURL = errors.New("invalid storage URL")
+	ErrBadURL = storeurl.ErrBadURL
 )
 
 // Store is object storage rooted at the URL's path or bucket prefix. Keys are
@@ -50,13 +51,6 @@ type Store interface {
 	String() string
 }
 
-// maxKeyLen is S3's limit on a key, in bytes (the root prefix included).
-const maxKeyLen = 1024
-
-// tmpPrefix starts the names of the file backend's partial uploads; keys may
-// not use it so List can hide them.
-const tmpPrefix = ".heapwatch-tmp-"
-
 // checkKey reports whether key is a usable object key: relative, made of
 // non-empty segments other than "." and "..", valid UTF-8 without control
 // characters, at most 1024 bytes.
@@ -67,7 +61,7 @@ func checkKey(key string) error {
 	if strings.HasSuffix(key, "/") {
 		return fmt.Errorf("%w %q: ends with /", ErrBadKey, key)
 	}
-	return checkPath(key)
+	return storeurl.CheckPath(key)
 }
 
 // checkPrefix is checkKey for a List prefix: it may be empty, end with "/"
@@ -76,53 +70,28 @@ func checkPrefix(prefix string) error {
 	if prefix == "" {
 		return nil
 	}
-	return checkPath(strings.TrimSuffix(prefix, "/"))
-}
-
-func checkPath(p string) error {
-	switch {
-	case len(p) > maxKeyLen:
-		return fmt.Errorf("%w %.40q…: longer than %d bytes", ErrBadKey, p, maxKeyLen)
-	case !utf8.ValidString(p):
-		return fmt.Errorf("%w %q: not valid UTF-8", ErrBadKey, p)
-	case strings.HasPrefix(p, "/"):
-		return fmt.Errorf("%w %q: absolute (keys are relative to the storage URL)", ErrBadKey, p)
-	case strings.ContainsFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f }):
-		return fmt.Errorf("%w %q: contains a control character", ErrBadKey, p)
-	}
-	for seg := range strings.SplitSeq(p, "/") {
-		switch {
-		case seg == "":
-			return fmt.Errorf("%w %q: empty path segment", ErrBadKey, p)
-		case seg == "." || seg == "..":
-			return fmt.Errorf("%w %q: %q segment", ErrBadKey, p, seg)
-		case strings.HasPrefix(seg, tmpPrefix):
-			return fmt.Errorf("%w %q: segment starts with reserved %q", ErrBadKey, p, tmpPrefix)
-		}
-	}
-	return nil
+	return storeurl.CheckPath(strings.TrimSuffix(prefix, "/"))
 }
 
 // Open returns the Store for rawURL without touching the network:
 // file:///abs/dir or s3://bucket/prefix?region=…&endpoint=…&path-style=true&sse=…&kms-key=….
 // Errors from the URL wrap ErrBadURL.
 func Open(ctx context.Context, rawURL string) (Store, error) {
-	loc, err := parseURL(rawURL)
+	loc, err := storeurl.Parse(rawURL)
 	if err != nil {
 		return nil, err
 	}
-	if loc.s3 != nil {
-		return openS3(ctx, *loc.s3)
+	if loc.S3 != nil {
+		return openS3(ctx, *loc.S3)
 	}
-	return &fileStore{dir: loc.dir}, nil
+	return &fileStore{dir: loc.Dir}, nil
 }
 
-// Validate checks rawURL as Open does, without opening anything; settings use
-// it to reject a bad HEAPWATCH_STORAGE early.
-func Validate(rawURL string) error {
-	_, err := parseURL(rawURL)
-	return err
-}
+// Validate checks rawURL as Open does, without opening anything.
+func Validate(rawURL string) error { return storeurl.Validate(rawURL) }
+
+// RedactURL hides a password someone put in the URL before it reaches a log.
+func RedactURL(rawURL string) string { return storeurl.Redact(rawURL) }
 
 // sizedReader fails a body whose length differs from the announced size, so
 // that a truncated stream is an error rather than a short object.
