@@ -17,6 +17,7 @@ import (
 	"github.com/heapwatch/heapwatch/internal/podsim"
 	"github.com/heapwatch/heapwatch/internal/procfs"
 	"github.com/heapwatch/heapwatch/internal/spool"
+	"github.com/heapwatch/heapwatch/internal/testkit"
 	"github.com/heapwatch/heapwatch/store/s3test"
 )
 
@@ -359,7 +360,7 @@ func BenchmarkSidecarPeakRSSUpload(b *testing.B) {
 	for range b.N {
 		spoolDir := b.TempDir()
 		meta := bigCapture(b, spoolDir, 100<<20)
-		logs := &syncBuffer{}
+		logs := &testkit.Buffer{}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		pod, err := podsim.Start(ctx, podsim.Spec{Name: "rss", Containers: []podsim.ContainerSpec{{
 			Name: "heapwatch", Argv: []string{sidecarBin, "--spool-dir", spoolDir, "--metrics-addr", ""},

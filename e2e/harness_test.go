@@ -4,7 +4,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +20,7 @@ import (
 
 	"github.com/heapwatch/heapwatch/capture"
 	"github.com/heapwatch/heapwatch/internal/podsim"
+	"github.com/heapwatch/heapwatch/internal/testkit"
 	"github.com/heapwatch/heapwatch/store"
 )
 
@@ -113,25 +112,7 @@ type podRun struct {
 	sidecar  *podsim.Container
 	storage  string // storage URL
 	spoolDir string
-	logs     *syncBuffer
-}
-
-// syncBuffer collects a container's output from several writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs     *testkit.Buffer
 }
 
 type podOptions struct {
@@ -167,7 +148,7 @@ func startPod(t testing.TB, o podOptions) *podRun {
 	if o.user != nil {
 		dir = func() string { return emptyDir(t) }
 	}
-	r := &podRun{storage: o.storage, spoolDir: dir(), logs: &syncBuffer{}}
+	r := &podRun{storage: o.storage, spoolDir: dir(), logs: &testkit.Buffer{}}
 	if r.storage == "" {
 		r.storage = "file://" + dir()
 	}

@@ -10,13 +10,14 @@ import (
 	"time"
 
 	"github.com/heapwatch/heapwatch/internal/podsim"
+	"github.com/heapwatch/heapwatch/internal/testkit"
 )
 
 // startSidecar runs the sidecar alone in a pod.
-func startSidecar(t *testing.T, spoolDir string, env ...string) (*podsim.Container, *syncBuffer) {
+func startSidecar(t *testing.T, spoolDir string, env ...string) (*podsim.Container, *testkit.Buffer) {
 	t.Helper()
 	requirePods(t)
-	logs := &syncBuffer{}
+	logs := &testkit.Buffer{}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	pod, err := podsim.Start(ctx, podsim.Spec{Name: "sidecar", Net: true, Containers: []podsim.ContainerSpec{{

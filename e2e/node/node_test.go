@@ -39,6 +39,7 @@ import (
 	"github.com/heapwatch/heapwatch/deploy"
 	"github.com/heapwatch/heapwatch/internal/node"
 	"github.com/heapwatch/heapwatch/internal/testenv"
+	"github.com/heapwatch/heapwatch/internal/testkit"
 	"github.com/heapwatch/heapwatch/internal/vm"
 	"github.com/heapwatch/heapwatch/internal/webhook/inject"
 )
@@ -83,7 +84,7 @@ func TestStoryOnARealNode(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	var warns warnings
+	var warns testkit.Warnings
 	admin := rest.CopyConfig(env.Config)
 	admin.WarningHandler = &warns
 	cs := kubernetes.NewForConfigOrDie(admin)
@@ -188,13 +189,13 @@ func TestStoryOnARealNode(t *testing.T) {
 	}
 
 	t.Run("InvalidAnnotationWarns", func(t *testing.T) {
-		warns.reset()
+		warns.Reset()
 		p, err := cs.CoreV1().Pods(namespace).Create(ctx, leakyPod("bad-annotation", map[string]string{"heapwatch.io/thresholds": "eleventy"}), metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !slices.ContainsFunc(warns.get(), func(w string) bool { return strings.Contains(w, "thresholds") }) {
-			t.Errorf("no admission warning naming the bad annotation; warnings: %q", warns.get())
+		if !slices.ContainsFunc(warns.Get(), func(w string) bool { return strings.Contains(w, "thresholds") }) {
+			t.Errorf("no admission warning naming the bad annotation; warnings: %q", warns.Get())
 		}
 		if p.Annotations[inject.StatusAnnotation] == "" {
 			t.Errorf("pod with a bad annotation not injected (want the default used)")
@@ -419,7 +420,7 @@ func startWebhook(t *testing.T, env *envtest.Environment, dir, bin string) *webh
 	}
 	cmd := exec.Command(bin, final...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-	logs := &syncBuffer{}
+	logs := &testkit.Buffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -470,45 +471,4 @@ func containerArgs(obj map[string]any) []string {
 		args = append(args, fmt.Sprint(a))
 	}
 	return args
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// warnings collects the Warning headers the API server sends.
-type warnings struct {
-	mu   sync.Mutex
-	list []string
-}
-
-func (w *warnings) HandleWarningHeader(_ int, _ string, text string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.list = append(w.list, text)
-}
-
-func (w *warnings) get() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return slices.Clone(w.list)
-}
-
-func (w *warnings) reset() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.list = nil
 }

@@ -38,6 +38,7 @@ import (
 	"github.com/heapwatch/heapwatch/certs"
 	"github.com/heapwatch/heapwatch/deploy"
 	"github.com/heapwatch/heapwatch/internal/testenv"
+	"github.com/heapwatch/heapwatch/internal/testkit"
 	"github.com/heapwatch/heapwatch/internal/webhook"
 	"github.com/heapwatch/heapwatch/internal/webhook/inject"
 	"github.com/heapwatch/heapwatch/internal/webhook/internal/podgen"
@@ -292,28 +293,10 @@ func namespaceFor(ctx context.Context, cs kubernetes.Interface, labels map[strin
 	return name, err
 }
 
-// warnings collects the Warning headers the API server sends a client.
-type warnings struct {
-	mu   sync.Mutex
-	list []string
-}
-
-func (w *warnings) HandleWarningHeader(_ int, _ string, text string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.list = append(w.list, text)
-}
-
-func (w *warnings) get() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return append([]string(nil), w.list...)
-}
-
 // client returns a clientset whose warnings land in the returned collector.
-func client(t *testing.T) (kubernetes.Interface, *warnings) {
+func client(t *testing.T) (kubernetes.Interface, *testkit.Warnings) {
 	t.Helper()
-	w := &warnings{}
+	w := &testkit.Warnings{}
 	cfg := rest.CopyConfig(restConfig)
 	cfg.WarningHandler = w
 	cs, err := kubernetes.NewForConfig(cfg)

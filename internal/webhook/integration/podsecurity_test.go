@@ -50,7 +50,7 @@ func TestPodSecurityLevels(t *testing.T) {
 					t.Fatalf("pod refused: %v", err)
 				}
 				assertMode(t, got, settings.SecurityModeSameUID)
-				if ws := w.get(); len(ws) != 1 || !strings.Contains(ws[0], "privileged-reader is refused by this namespace's Pod Security level; using same-uid") {
+				if ws := w.Get(); len(ws) != 1 || !strings.Contains(ws[0], "privileged-reader is refused by this namespace's Pod Security level; using same-uid") {
 					t.Errorf("warnings = %q", ws)
 				}
 			})
@@ -64,7 +64,7 @@ func TestPodSecurityLevels(t *testing.T) {
 				}
 				assertNotInjected(t, got)
 				want := "heapwatch: sidecar not injected: this namespace enforces Pod Security baseline or restricted, which admits the sidecar only with the app's own uid and gid (container app: no runAsUser); set runAsUser and runAsGroup (non-zero) in the pod's securityContext"
-				if ws := w.get(); !slices.Contains(ws, want) {
+				if ws := w.Get(); !slices.Contains(ws, want) {
 					t.Errorf("warnings = %q, want %q", ws, want)
 				}
 				if n := main.metric(t, skipped) - before; n != 1 {

@@ -139,8 +139,8 @@ func TestSkipsWarn(t *testing.T) {
 				t.Fatalf("pod not created: %v", err)
 			}
 			assertNotInjected(t, got)
-			if !slices.ContainsFunc(w.get(), func(s string) bool { return strings.HasPrefix(s, tt.warning) }) {
-				t.Errorf("warnings = %q, want one starting %q", w.get(), tt.warning)
+			if !slices.ContainsFunc(w.Get(), func(s string) bool { return strings.HasPrefix(s, tt.warning) }) {
+				t.Errorf("warnings = %q, want one starting %q", w.Get(), tt.warning)
 			}
 		})
 	}
@@ -163,8 +163,8 @@ func TestInvalidAnnotationWarns(t *testing.T) {
 		t.Errorf("HEAPWATCH_INTERVAL = %q, want the valid annotation's 250ms", e.Value)
 	}
 	want := `heapwatch.io/thresholds: invalid value "60,150" ("150" is not a percentage between 0 and 100 (exclusive)); using "60,75,90"`
-	if !slices.Contains(w.get(), want) {
-		t.Errorf("warnings = %q, want %q", w.get(), want)
+	if !slices.Contains(w.Get(), want) {
+		t.Errorf("warnings = %q, want %q", w.Get(), want)
 	}
 }
 
