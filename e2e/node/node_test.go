@@ -13,6 +13,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"maps"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,7 +25,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -36,18 +41,29 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/heapwatch/heapwatch/capture"
+	"github.com/heapwatch/heapwatch/capture/catalog"
 	"github.com/heapwatch/heapwatch/deploy"
 	"github.com/heapwatch/heapwatch/internal/node"
 	"github.com/heapwatch/heapwatch/internal/testenv"
 	"github.com/heapwatch/heapwatch/internal/testkit"
 	"github.com/heapwatch/heapwatch/internal/vm"
 	"github.com/heapwatch/heapwatch/internal/webhook/inject"
+	"github.com/heapwatch/heapwatch/settings"
+	"github.com/heapwatch/heapwatch/store"
+	"github.com/heapwatch/heapwatch/store/s3test"
 )
 
 const (
 	sidecarImage = "heapwatch.test/sidecar:node"
 	leakyImage   = "heapwatch.test/leaky:node"
-	namespace    = "shop"
+	// cliImage runs the heapwatch CLI: `version` exits 0 at once, the main
+	// container of the Job.
+	cliImage  = "heapwatch.test/cli:node"
+	namespace = "shop"
+	// credentialsSecret holds the storage credentials in the pod's namespace.
+	credentialsSecret = "heapwatch-s3"
+	// storePrefix is where the captures go in the bucket.
+	storePrefix = "node"
 )
 
 // logWriter sends progress lines to t.Log.
@@ -91,7 +107,18 @@ func TestStoryOnARealNode(t *testing.T) {
 
 	tmp := t.TempDir()
 	bins := buildBinaries(t, tmp)
-	wh := startWebhook(t, env, tmp, bins["webhook"])
+	// The storage: versitygw on the host's loopback, which the node reaches
+	// as HostAlias; the sidecar gets the credentials from a Secret in the
+	// pod's namespace (the chart's sidecar.credentialsSecret).
+	s3 := s3test.Start(t)
+	s3.Setenv(t)
+	captures, err := store.Open(ctx, s3.URL(storePrefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	guestURL := strings.Replace(s3.URL(storePrefix), url.QueryEscape(s3.Endpoint),
+		url.QueryEscape(strings.Replace(s3.Endpoint, "127.0.0.1", node.HostAlias, 1)), 1)
+	wh := startWebhook(t, env, tmp, bins["webhook"], guestURL)
 
 	kubeconfig := kubeletKubeconfig(t, env)
 	n, err := node.Start(ctx, node.Config{
@@ -99,6 +126,7 @@ func TestStoryOnARealNode(t *testing.T) {
 		Images: []node.Image{
 			{Ref: sidecarImage, Files: map[string]string{"/sidecar": bins["sidecar"]}, Entrypoint: []string{"/sidecar"}, User: "65532:65532"},
 			{Ref: leakyImage, Files: map[string]string{"/leaky": bins["leaky"]}, Entrypoint: []string{"/leaky"}},
+			{Ref: cliImage, Files: map[string]string{"/heapwatch": bins["heapwatch"]}, Entrypoint: []string{"/heapwatch"}, User: "65532:65532"},
 		},
 		Log: logWriter{t},
 	})
@@ -130,9 +158,16 @@ func TestStoryOnARealNode(t *testing.T) {
 
 	mustCreate(t, cs, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace, Labels: map[string]string{"heapwatch.io/inject": "enabled"}}})
 	mustCreate(t, cs, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: namespace}})
+	creds := map[string]string{}
+	for _, kv := range s3.Env() {
+		if k, v, _ := strings.Cut(kv, "="); v != "" {
+			creds[k] = v
+		}
+	}
+	mustCreate(t, cs, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: credentialsSecret, Namespace: namespace}, StringData: creds})
 
 	podStart := time.Now()
-	pod, err := cs.CoreV1().Pods(namespace).Create(ctx, leakyPod("leaky", map[string]string{"heapwatch.io/thresholds": "50,70,85"}), metav1.CreateOptions{})
+	pod, err := cs.CoreV1().Pods(namespace).Create(ctx, leakyPod("leaky", leakyAnnotations), metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +184,10 @@ func TestStoryOnARealNode(t *testing.T) {
 	})
 	t.Logf("timing: pod running %v after it was created", time.Since(podStart).Round(time.Millisecond))
 
+	checkSidecarSpec(t, pod)
+
 	seen := map[string]bool{}
+	var prevFinished time.Time
 	for kill := 1; kill <= 2; kill++ {
 		var st corev1.ContainerStatus
 		waitFor(t, 10*time.Minute, fmt.Sprintf("OOM kill %d", kill), func() (bool, error) {
@@ -174,9 +212,39 @@ func TestStoryOnARealNode(t *testing.T) {
 		}
 		seen[term.ContainerID] = true
 
-		m := waitFinalCapture(t, n, pod, term.FinishedAt.Time)
+		exit, err := n.ContainerExit(ctx, term.ContainerID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !exit.FinishedAt.Truncate(time.Second).Equal(term.FinishedAt.Time) || exit.Reason != "OOMKilled" || exit.ExitCode != 137 {
+			t.Errorf("containerd's record of %s: %+v; the API says finishedAt %v, want the same exit (137, OOMKilled)", term.ContainerID, exit, term.FinishedAt)
+		}
+		m := waitFinalCapture(t, captures, pod, prevFinished)
+		prevFinished = exit.FinishedAt
+		t.Logf("kill %d: final capture %s (trigger %s): oomKilledAt %v; containerd: TaskOOM event %v, process reaped (finishedAt) %v; oomKilledAt-TaskOOM %v, finishedAt-oomKilledAt %v",
+			kill, m.ID, m.Trigger, m.OOMKilledAt.Format(time.StampMicro), exit.OOMEventAt.Format(time.StampMicro), exit.FinishedAt.Format(time.StampMicro),
+			m.OOMKilledAt.Sub(exit.OOMEventAt), exit.FinishedAt.Sub(*m.OOMKilledAt))
+		// The kubelet's finishedAt is when the shim reaped the killed
+		// process: under TCG that trails the kill by 1-3 s (a killed Go
+		// program's threads exit slowly on an emulated CPU). The kill itself
+		// is when the kernel bumped oom_kill in memory.events, which the
+		// runtime sees too (the shim's TaskOOM event): the sidecar must be
+		// within a second of that, and never after the process was reaped.
+		if exit.OOMEventAt.IsZero() {
+			t.Errorf("kill %d: containerd logged no TaskOOM event for %s", kill, term.ContainerID)
+		} else if d := m.OOMKilledAt.Sub(exit.OOMEventAt).Abs(); d > time.Second {
+			t.Errorf("kill %d: oomKilledAt %v is %v from the runtime's TaskOOM event %v, want within 1s", kill, m.OOMKilledAt, d, exit.OOMEventAt)
+		}
+		if m.OOMKilledAt.After(exit.FinishedAt) {
+			t.Errorf("kill %d: oomKilledAt %v after the kubelet's finishedAt %v: the sidecar saw the kill late", kill, m.OOMKilledAt, exit.FinishedAt)
+		}
+		if err := testkit.FinalHeap(m, func(key string) ([]byte, error) { return get(captures, key) }, "main.leakDoubling"); err != nil {
+			t.Errorf("kill %d: %v", kill, err)
+		}
 		summary.captured++
-		t.Logf("kill %d: final capture %s (trigger %s, oomKilledAt %v, kubelet finishedAt %v)", kill, m.ID, m.Trigger, m.OOMKilledAt, term.FinishedAt)
+		if kill == 1 {
+			checkSidecarRun(t, n, pod)
+		}
 		if m.Pod != pod.Name || m.PodUID != string(pod.UID) || m.Node != node.Name || m.Container != "app" || m.Namespace != namespace {
 			t.Errorf("capture names %s/%s uid %s node %s container %s, want %s/%s uid %s node %s container app",
 				m.Namespace, m.Pod, m.PodUID, m.Node, m.Container, namespace, pod.Name, pod.UID, node.Name)
@@ -202,6 +270,53 @@ func TestStoryOnARealNode(t *testing.T) {
 		}
 	})
 
+	t.Run("JobWithNativeSidecarCompletes", func(t *testing.T) {
+		startControllerManager(t, env, tmp)
+		job, err := cs.BatchV1().Jobs(namespace).Create(ctx, &batchv1.Job{
+			ObjectMeta: metav1.ObjectMeta{Name: "batch", Namespace: namespace},
+			Spec: batchv1.JobSpec{BackoffLimit: ptr.To[int32](0), Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+				NodeName: node.Name, RestartPolicy: corev1.RestartPolicyNever, AutomountServiceAccountToken: ptr.To(false),
+				Containers: []corev1.Container{{Name: "app", Image: cliImage, ImagePullPolicy: corev1.PullNever, Args: []string{"version"}}},
+			}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		jobStart := time.Now()
+		waitFor(t, 5*time.Minute, "the Job to complete", func() (bool, error) {
+			j, err := cs.BatchV1().Jobs(namespace).Get(ctx, job.Name, metav1.GetOptions{})
+			if err != nil {
+				return false, err
+			}
+			for _, c := range j.Status.Conditions {
+				if c.Status != corev1.ConditionTrue {
+					continue
+				}
+				switch c.Type {
+				case batchv1.JobComplete:
+					return true, nil
+				case batchv1.JobFailed:
+					return false, fmt.Errorf("job failed: %s: %s", c.Reason, c.Message)
+				}
+			}
+			return false, nil
+		})
+		t.Logf("timing: Job complete %v after it was created", time.Since(jobStart).Round(time.Millisecond))
+		pods, err := cs.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: "batch.kubernetes.io/job-name=" + job.Name})
+		if err != nil || len(pods.Items) != 1 {
+			t.Fatalf("the Job's pods: %v, %v; want one", pods, err)
+		}
+		p := pods.Items[0]
+		i := slices.IndexFunc(p.Status.InitContainerStatuses, func(s corev1.ContainerStatus) bool { return s.Name == inject.SidecarName })
+		if p.Annotations[inject.StatusAnnotation] == "" || i < 0 || p.Status.Phase != corev1.PodSucceeded {
+			t.Fatalf("the Job's pod %s: injected %q, phase %s, init containers %+v; want an injected native sidecar and Succeeded",
+				p.Name, p.Annotations[inject.StatusAnnotation], p.Status.Phase, p.Status.InitContainerStatuses)
+		}
+		if st := p.Status.InitContainerStatuses[i]; st.State.Terminated == nil || st.RestartCount != 0 {
+			t.Errorf("the Job's sidecar: %+v; want it stopped by the kubelet after the app, never restarted", st)
+		}
+	})
+
 	t.Run("WebhookDownPodsStillCreated", func(t *testing.T) {
 		wh.stop(t)
 		p, err := cs.CoreV1().Pods(namespace).Create(ctx, leakyPod("no-webhook", nil), metav1.CreateOptions{})
@@ -224,12 +339,15 @@ func appStatus(p *corev1.Pod) corev1.ContainerStatus {
 	return corev1.ContainerStatus{}
 }
 
+// leakyAnnotations are the story's pod's.
+var leakyAnnotations = map[string]string{"heapwatch.io/thresholds": "50,70,85"}
+
 // leakyPod is examples/leaky with a 130Mi limit, doubling its leak, on the
 // VM's node (no scheduler runs).
 func leakyPod(name string, annotations map[string]string) *corev1.Pod {
 	limit := resource.MustParse("130Mi")
 	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Annotations: annotations},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Annotations: maps.Clone(annotations)},
 		Spec: corev1.PodSpec{
 			NodeName:                     node.Name,
 			AutomountServiceAccountToken: ptr.To(false),
@@ -242,47 +360,47 @@ func leakyPod(name string, annotations map[string]string) *corev1.Pod {
 	}
 }
 
-// waitFinalCapture reads the pod's captures volume on the node until a
-// capture marked final for the kill the kubelet saw finish at finished
-// is there, and checks it.
-func waitFinalCapture(t *testing.T, n *node.Node, pod *corev1.Pod, finished time.Time) *capture.Metadata {
+// waitFinalCapture lists the pod's captures in storage until one marked
+// final for a kill after the previous one (finished at after) is there.
+func waitFinalCapture(t *testing.T, st store.Store, pod *corev1.Pod, after time.Time) *capture.Metadata {
 	t.Helper()
-	dir := filepath.Join(node.PodsDir, string(pod.UID), "volumes/kubernetes.io~empty-dir", inject.CapturesVolume)
 	var final *capture.Metadata
 	var all []string
 	waitFor(t, 3*time.Minute, "final capture", func() (bool, error) {
-		files, err := n.Collect(t.Context(), dir)
+		entries, err := catalog.Scan(t.Context(), st, capture.Prefix(pod.Namespace, pod.Name, "app"), func(capture.Name) bool { return true })
 		if err != nil {
 			return false, err
 		}
-		all = all[:0]
-		for path, data := range files {
-			if !strings.HasSuffix(path, capture.MetadataSuffix) {
-				continue
-			}
-			var m capture.Metadata
-			if err := json.Unmarshal(data, &m); err != nil {
-				return false, fmt.Errorf("%s: %w", path, err)
+		if err := catalog.LoadMetadata(t.Context(), st, entries); err != nil {
+			return false, err
+		}
+		all, final = all[:0], nil
+		for _, e := range entries {
+			m := e.Meta
+			if m == nil {
+				return false, fmt.Errorf("capture %s: %w", e.ID, e.MetaErr)
 			}
 			all = append(all, fmt.Sprintf("%s final=%v oom=%v", m.ID, m.Final, m.OOMKilledAt))
-			if m.Final && m.OOMKilledAt != nil && absDuration(m.OOMKilledAt.Sub(finished)) < 2*time.Second {
-				final = &m
+			if m.Final && m.OOMKilledAt != nil && m.OOMKilledAt.After(after) {
+				if final != nil && final.ID != m.ID {
+					return false, fmt.Errorf("two captures marked final for one kill: %s and %s", final.ID, m.ID)
+				}
+				final = m
 			}
 		}
 		return final != nil, nil
 	})
-	if d := absDuration(final.OOMKilledAt.Sub(finished)); d > time.Second {
-		t.Errorf("oomKilledAt %v is %v from the kubelet's finishedAt %v, want within 1s", final.OOMKilledAt, d, finished)
-	}
 	t.Logf("captures: %q", all)
 	return final
 }
 
-func absDuration(d time.Duration) time.Duration {
-	if d < 0 {
-		return -d
+func get(st store.Store, key string) ([]byte, error) {
+	rc, err := st.Get(context.Background(), key)
+	if err != nil {
+		return nil, err
 	}
-	return d
+	defer rc.Close()
+	return io.ReadAll(rc)
 }
 
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, error)) {
@@ -301,6 +419,8 @@ func mustCreate(t *testing.T, cs kubernetes.Interface, obj runtime.Object) {
 		_, err = cs.CoreV1().Namespaces().Create(t.Context(), o, metav1.CreateOptions{})
 	case *corev1.ServiceAccount:
 		_, err = cs.CoreV1().ServiceAccounts(o.Namespace).Create(t.Context(), o, metav1.CreateOptions{})
+	case *corev1.Secret:
+		_, err = cs.CoreV1().Secrets(o.Namespace).Create(t.Context(), o, metav1.CreateOptions{})
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -312,7 +432,7 @@ func mustCreate(t *testing.T, cs kubernetes.Interface, obj runtime.Object) {
 func buildBinaries(t *testing.T, dir string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
-	for name, pkg := range map[string]string{"webhook": "./cmd/webhook", "sidecar": "./cmd/sidecar", "leaky": "./examples/leaky"} {
+	for name, pkg := range map[string]string{"webhook": "./cmd/webhook", "sidecar": "./cmd/sidecar", "leaky": "./examples/leaky", "heapwatch": "./cmd/heapwatch"} {
 		out[name] = filepath.Join(dir, name)
 		if err := vm.GoBuild(t.Context(), out[name], pkg, false); err != nil {
 			t.Fatal(err)
@@ -369,10 +489,11 @@ func (w *webhookProc) stop(t *testing.T) {
 // chart renders for its Deployment (its ports moved to free loopback ones,
 // a self-signed certificate instead of cert-manager's), and registers the
 // chart's MutatingWebhookConfiguration pointing at it by URL.
-func startWebhook(t *testing.T, env *envtest.Environment, dir, bin string) *webhookProc {
+func startWebhook(t *testing.T, env *envtest.Environment, dir, bin, storage string) *webhookProc {
 	t.Helper()
 	objs, err := deploy.RenderChart(filepath.Join(vm.ModuleRoot(), "deploy/helm/heapwatch"), "heapwatch", "heapwatch-system", map[string]any{
-		"sidecar": map[string]any{"image": map[string]any{"repository": "heapwatch.test/sidecar", "tag": "node"}},
+		"sidecar": map[string]any{"image": map[string]any{"repository": "heapwatch.test/sidecar", "tag": "node"},
+			"storage": storage, "credentialsSecret": credentialsSecret},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -471,4 +592,135 @@ func containerArgs(obj map[string]any) []string {
 		args = append(args, fmt.Sprint(a))
 	}
 	return args
+}
+
+// checkSidecarSpec compares the sidecar the API server stored with what the
+// webhook's injection renders for the pod as submitted: the leaky pod names
+// no runAsUser, so privileged-reader (uid 0, drop ALL, add the two
+// capabilities the README documents, never privileged).
+func checkSidecarSpec(t *testing.T, pod *corev1.Pod) {
+	t.Helper()
+	i := slices.IndexFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == inject.SidecarName })
+	if i < 0 {
+		t.Fatalf("no native sidecar %s among the init containers %v", inject.SidecarName, pod.Spec.InitContainers)
+	}
+	got := pod.Spec.InitContainers[i].SecurityContext
+	rendered := leakyPod(pod.Name, leakyAnnotations)
+	if r := inject.Inject(rendered, inject.Options{Image: sidecarImage, Defaults: settings.Defaults(), NativeSidecar: true}); !r.Injected {
+		t.Fatalf("inject renders no sidecar for the pod: %+v", r)
+	}
+	want := rendered.Spec.InitContainers[len(rendered.Spec.InitContainers)-1].SecurityContext
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("sidecar securityContext (-rendered +stored):\n%s", d)
+	}
+	if got == nil || got.Privileged == nil || *got.Privileged || got.Capabilities == nil ||
+		!slices.Equal(got.Capabilities.Drop, []corev1.Capability{"ALL"}) ||
+		!slices.Equal(got.Capabilities.Add, []corev1.Capability{"SYS_PTRACE", "DAC_READ_SEARCH"}) {
+		t.Errorf("sidecar securityContext %+v: want privileged false, drop ALL, add SYS_PTRACE and DAC_READ_SEARCH only", got)
+	}
+	if mode := pod.Annotations[inject.SecurityModeAnnotation]; mode != settings.SecurityModePrivilegedReader {
+		t.Errorf("security mode %q, want %s", mode, settings.SecurityModePrivilegedReader)
+	}
+}
+
+// checkSidecarRun checks the running sidecar as the kernel sees it (the
+// capabilities, no_new_privs and seccomp runc applied, cgroupfs mounted
+// read-only) and what it logged: the notification mode it watched the app
+// with, and the kill.
+func checkSidecarRun(t *testing.T, n *node.Node, pod *corev1.Pod) {
+	t.Helper()
+	out, err := n.Shell(t.Context(), time.Minute, `for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = sidecar ] || continue
+grep -E '^(Uid|CapEff|CapPrm|NoNewPrivs|Seccomp):' $p/status; awk '$5 == "/sys/fs/cgroup" { print "cgroupfs:", $0 }' $p/mountinfo; done`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	facts := map[string]string{}
+	for line := range strings.Lines(string(out)) {
+		k, v, _ := strings.Cut(line, ":")
+		facts[k] = strings.Join(strings.Fields(v), " ")
+	}
+	// mountinfo: ID parent major:minor root mountpoint options [optional...] - fstype source super-options
+	if f := strings.Fields(facts["cgroupfs"]); len(f) > 5 {
+		opts := strings.Split(f[5], ",")
+		fstype := ""
+		if i := slices.Index(f, "-"); i > 0 && i+1 < len(f) {
+			fstype = f[i+1]
+		}
+		facts["cgroupfs"] = fmt.Sprintf("%s %s", fstype, opts[0])
+	}
+	// CAP_DAC_READ_SEARCH is bit 2, CAP_SYS_PTRACE bit 19.
+	for k, want := range map[string]string{"Uid": "0 0 0 0", "CapEff": "0000000000080004", "CapPrm": "0000000000080004",
+		"NoNewPrivs": "1", "Seccomp": "2", "cgroupfs": "cgroup2 ro"} {
+		if facts[k] != want {
+			t.Errorf("the sidecar process's %s is %q, want %q (all: %q)", k, facts[k], want, out)
+		}
+	}
+
+	t.Logf("sidecar process: %q", facts)
+
+	dir := fmt.Sprintf("/var/log/pods/%s_%s_%s/%s", pod.Namespace, pod.Name, pod.UID, inject.SidecarName)
+	files, err := n.Collect(t.Context(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var notify string
+	var killed bool
+	for _, b := range files {
+		for line := range strings.Lines(string(b)) {
+			// CRI log format: time stream P|F message.
+			f := strings.SplitN(line, " ", 4)
+			var rec map[string]any
+			if len(f) < 4 || json.Unmarshal([]byte(f[3]), &rec) != nil || rec["container"] != "app" {
+				continue
+			}
+			switch rec["msg"] {
+			case "watching container":
+				notify, _ = rec["notify"].(string)
+			case "container OOM-killed":
+				killed = true
+			}
+		}
+	}
+	// cgroup v2 signals memory.events changes through inotify, which needs
+	// no write: a read-only cgroupfs keeps kernel notifications.
+	t.Logf("sidecar log: watched app with notify=%s, logged its OOM kill: %v", notify, killed)
+	if notify != "inotify" || !killed {
+		t.Errorf("sidecar log: watched app with notify=%q, logged the kill %v; want inotify and the kill\n%s", notify, killed, files)
+	}
+}
+
+// startControllerManager runs kube-controller-manager on the host against
+// the envtest API server with the Job controller only (no scheduler runs:
+// the Job's pod template names the node), no leader election and no
+// serving port.
+func startControllerManager(t *testing.T, env *envtest.Environment, dir string) {
+	t.Helper()
+	bin, err := node.ControllerManager(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := filepath.Join(dir, "controller-manager.kubeconfig")
+	if err := testenv.WriteKubeconfig(env.Config, kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--kubeconfig="+kubeconfig, "--controllers=job-controller", "--leader-elect=false", "--secure-port=0")
+	logs := &testkit.Buffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("kube-controller-manager log:\n%s", logs.String())
+		}
+	})
 }
