@@ -20,32 +20,11 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/heapwatch/heapwatch/names"
 	"github.com/heapwatch/heapwatch/store/storeurl"
 )
 
 const (
-	// AnnotationPrefix starts every heapwatch label and annotation.
-	AnnotationPrefix = "heapwatch.io/"
-	// EnvPrefix starts every sidecar environment variable derived from a key.
-	EnvPrefix = "HEAPWATCH_"
-	// ContainerNameEnv is set by the webhook in every watched container so the
-	// sidecar can name a process's container: inside the pod the sidecar sees
-	// cgroup paths holding container IDs, never container names.
-	ContainerNameEnv = "HEAPWATCH_CONTAINER_NAME"
-
-	// EnvPodName, EnvPodNamespace, EnvPodUID and EnvNodeName carry the pod's
-	// identity to the sidecar. The webhook sets them through the downward
-	// API: at admission a generateName pod has no name (and sometimes no
-	// namespace) yet, so they cannot be rendered as literals.
-	EnvPodName      = "POD_NAME"
-	EnvPodNamespace = "POD_NAMESPACE"
-	EnvPodUID       = "POD_UID"
-	EnvNodeName     = "NODE_NAME"
-
-	// SpoolDir is the sidecar's default spool directory, where the webhook
-	// mounts the spool volume.
-	SpoolDir = "/var/lib/heapwatch/spool"
-
 	// SecurityModeAuto, SecurityModeSameUID and SecurityModePrivilegedReader
 	// are the values of the security-mode setting. The webhook resolves auto
 	// to one of the other two per pod and hands the sidecar the mode it
@@ -118,11 +97,11 @@ type Setting struct {
 }
 
 // Annotation is the pod annotation that overrides this setting.
-func (s Setting) Annotation() string { return AnnotationPrefix + s.Key }
+func (s Setting) Annotation() string { return names.AnnotationPrefix + s.Key }
 
 // EnvVar is the sidecar environment variable carrying this setting.
 func (s Setting) EnvVar() string {
-	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(s.Key, "-", "_"))
+	return names.EnvPrefix + strings.ToUpper(strings.ReplaceAll(s.Key, "-", "_"))
 }
 
 // Format renders the setting's value in c in the syntax its parser accepts.

@@ -26,6 +26,7 @@ import (
 	"github.com/heapwatch/heapwatch/internal/spool"
 	"github.com/heapwatch/heapwatch/internal/trigger"
 	"github.com/heapwatch/heapwatch/internal/watch"
+	"github.com/heapwatch/heapwatch/names"
 	"github.com/heapwatch/heapwatch/settings"
 	"github.com/heapwatch/heapwatch/store"
 )
@@ -49,7 +50,7 @@ type flags struct {
 func main() {
 	var f flags
 	fs := flag.NewFlagSet("sidecar", flag.ExitOnError)
-	fs.StringVar(&f.spoolDir, "spool-dir", settings.SpoolDir, "directory holding captures until they are stored (an emptyDir in Kubernetes)")
+	fs.StringVar(&f.spoolDir, "spool-dir", names.SpoolDir, "directory holding captures until they are stored (an emptyDir in Kubernetes)")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", metrics.DefaultAddr, "listen address of the Prometheus /metrics endpoint; empty disables it")
 	fs.StringVar(&f.procRoot, "proc", "/proc", "the proc file system of the pod's shared PID namespace")
 	fs.DurationVar(&f.grace, "shutdown-grace", defaultGrace, "on SIGTERM, time to finish running captures and uploads; the rest stays in the spool")

@@ -6,6 +6,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/ptr"
 
+	"github.com/heapwatch/heapwatch/names"
 	"github.com/heapwatch/heapwatch/settings"
 )
 
@@ -111,7 +112,7 @@ const (
 func sameUID(pod *corev1.Pod, cfg settings.Config) (uid, gid int64, why, fix string) {
 	first := ""
 	for _, c := range pod.Spec.Containers {
-		if c.Name == SidecarName || !watched(cfg, c.Name) {
+		if c.Name == names.SidecarName || !watched(cfg, c.Name) {
 			continue
 		}
 		sc := c.SecurityContext

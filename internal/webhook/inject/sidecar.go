@@ -7,6 +7,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/utils/ptr"
 
+	"github.com/heapwatch/heapwatch/names"
 	"github.com/heapwatch/heapwatch/settings"
 )
 
@@ -15,24 +16,24 @@ import (
 func Sidecar(cfg settings.Config, o Options, sec Security) corev1.Container {
 	cfg.SecurityMode = sec.Mode
 	c := corev1.Container{
-		Name:  SidecarName,
+		Name:  names.SidecarName,
 		Image: o.Image,
 		Env: append([]corev1.EnvVar{
-			fieldEnv(settings.EnvPodName, "metadata.name"),
-			fieldEnv(settings.EnvPodNamespace, "metadata.namespace"),
-			fieldEnv(settings.EnvPodUID, "metadata.uid"),
-			fieldEnv(settings.EnvNodeName, "spec.nodeName"),
+			fieldEnv(names.EnvPodName, "metadata.name"),
+			fieldEnv(names.EnvPodNamespace, "metadata.namespace"),
+			fieldEnv(names.EnvPodUID, "metadata.uid"),
+			fieldEnv(names.EnvNodeName, "spec.nodeName"),
 		}, settingsEnv(cfg)...),
 		Resources: corev1.ResourceRequirements{
 			Requests: corev1.ResourceList{corev1.ResourceCPU: cfg.CPURequest, corev1.ResourceMemory: cfg.MemoryRequest},
 			Limits:   corev1.ResourceList{corev1.ResourceCPU: cfg.CPULimit, corev1.ResourceMemory: cfg.MemoryLimit},
 		},
-		VolumeMounts:             []corev1.VolumeMount{{Name: SpoolVolume, MountPath: settings.SpoolDir}},
+		VolumeMounts:             []corev1.VolumeMount{{Name: names.SpoolVolume, MountPath: names.SpoolDir}},
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 		SecurityContext:          securityContext(sec),
 	}
 	if dir, _ := fileStorageDir(cfg.Storage); dir != "" {
-		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: CapturesVolume, MountPath: dir})
+		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: names.CapturesVolume, MountPath: dir})
 	}
 	if o.CredentialsSecret != "" {
 		c.EnvFrom = []corev1.EnvFromSource{{SecretRef: &corev1.SecretEnvSource{
@@ -68,11 +69,11 @@ func settingsEnv(cfg settings.Config) []corev1.EnvVar {
 
 func volumes(cfg settings.Config) []corev1.Volume {
 	spoolLimit := resource.NewQuantity(cfg.SpoolBytes+cfg.SpoolBytes/spoolHeadroomDivisor, resource.BinarySI)
-	vs := []corev1.Volume{{Name: SpoolVolume, VolumeSource: corev1.VolumeSource{
+	vs := []corev1.Volume{{Name: names.SpoolVolume, VolumeSource: corev1.VolumeSource{
 		EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: spoolLimit},
 	}}}
 	if dir, _ := fileStorageDir(cfg.Storage); dir != "" {
-		vs = append(vs, corev1.Volume{Name: CapturesVolume, VolumeSource: corev1.VolumeSource{
+		vs = append(vs, corev1.Volume{Name: names.CapturesVolume, VolumeSource: corev1.VolumeSource{
 			EmptyDir: &corev1.EmptyDirVolumeSource{},
 		}})
 	}
