@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"runtime/debug"
 	"syscall"
 	"time"
@@ -75,7 +74,6 @@ func run(log *slog.Logger, f flags) error {
 	for _, p := range problems {
 		log.Warn("invalid setting; using the default for it", "variable", p.Source, "value", p.Value, "using", p.Used, "err", errors.Unwrap(p.Err))
 	}
-	limitSelf(log, cfg)
 	pod := watch.PodFromEnv(os.LookupEnv)
 	log.Info("heapwatch sidecar starting", "version", version, "namespace", pod.Namespace, "pod", pod.Pod,
 		"node", pod.Node, "storage", store.RedactURL(cfg.Storage), "thresholds", cfg.Thresholds, "interval", cfg.Interval,
@@ -186,19 +184,6 @@ func upload(ctx context.Context, log *slog.Logger, sp *spool.Spool, rawURL strin
 			sp.Run(ctx, st)
 		}()
 	}
-}
-
-// limitSelf bounds the sidecar's own memory and CPU: GOMEMLIMIT and
-// GOMAXPROCS from the environment when set (the webhook sets them), else
-// derived from HEAPWATCH_MEMORY_LIMIT and HEAPWATCH_CPU_LIMIT.
-func limitSelf(log *slog.Logger, cfg settings.Config) {
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(cfg.GoMemLimit())
-	}
-	if os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(cfg.GoMaxProcs())
-	}
-	log.Debug("own limits", "gomemlimit", debug.SetMemoryLimit(-1), "gomaxprocs", runtime.GOMAXPROCS(0))
 }
 
 // triggerOptions maps the per-pod settings onto the trigger; what the

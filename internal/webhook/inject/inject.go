@@ -88,11 +88,10 @@ func (o Options) Validate() error {
 	if _, err := fileStorageDir(o.Defaults.Storage); err != nil {
 		errs = append(errs, fmt.Errorf("--default-storage: %w", err))
 	}
-	if o.Defaults.MemoryRequest.Cmp(o.Defaults.MemoryLimit) > 0 {
-		errs = append(errs, errors.New("--default-memory-request exceeds --default-memory-limit"))
-	}
-	if o.Defaults.CPURequest.Cmp(o.Defaults.CPULimit) > 0 {
-		errs = append(errs, errors.New("--default-cpu-request exceeds --default-cpu-limit"))
+	for _, p := range requestLimitPairs {
+		if exceeds(o.Defaults, p.request, p.limit) {
+			errs = append(errs, fmt.Errorf("--default-%s exceeds --default-%s", p.request.Key, p.limit.Key))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -158,7 +157,7 @@ func Inject(pod *corev1.Pod, o Options) Result {
 	pod.Spec.Volumes = append(pod.Spec.Volumes, volumes(cfg)...)
 	for i := range pod.Spec.Containers {
 		c := &pod.Spec.Containers[i]
-		if c.Name != names.SidecarName && watched(cfg, c.Name) {
+		if c.Name != names.SidecarName && cfg.Watches(c.Name) {
 			setEnv(c, names.ContainerNameEnv, c.Name)
 		}
 	}
@@ -240,18 +239,18 @@ func sane(cfg, defaults settings.Config, pod *corev1.Pod) (settings.Config, []st
 	var warnings []string
 	if _, err := fileStorageDir(cfg.Storage); err != nil {
 		warnings = append(warnings, fmt.Sprintf("%s: invalid value %q (%v); using %q",
-			annotation("storage"), shorten(cfg.Storage), err, defaults.Storage))
+			settings.Storage.Annotation(), shorten(cfg.Storage), err, defaults.Storage))
 		cfg.Storage = defaults.Storage
 	}
-	clamp := func(reqKey, limKey string, req, lim *resource.Quantity) {
-		if req.Cmp(*lim) > 0 {
+	for _, p := range requestLimitPairs {
+		if exceeds(cfg, p.request, p.limit) {
+			lim := p.limit.Format(&cfg)
 			warnings = append(warnings, fmt.Sprintf("%s %s exceeds %s %s; using %s",
-				annotation(reqKey), req, annotation(limKey), lim, lim))
-			*req = lim.DeepCopy()
+				p.request.Annotation(), p.request.Format(&cfg), p.limit.Annotation(), lim, lim))
+			// The limit's value passed the same parser, so setting it cannot fail.
+			_ = p.request.Set(&cfg, lim)
 		}
 	}
-	clamp("cpu-request", "cpu-limit", &cfg.CPURequest, &cfg.CPULimit)
-	clamp("memory-request", "memory-limit", &cfg.MemoryRequest, &cfg.MemoryLimit)
 	var missing []string
 	for _, name := range cfg.Containers {
 		if !slices.ContainsFunc(pod.Spec.Containers, func(c corev1.Container) bool { return c.Name == name }) {
@@ -260,12 +259,23 @@ func sane(cfg, defaults settings.Config, pod *corev1.Pod) (settings.Config, []st
 	}
 	if len(missing) > 0 {
 		warnings = append(warnings, fmt.Sprintf("%s names no container of this pod: %s",
-			annotation("containers"), shorten(strings.Join(missing, ","))))
+			settings.Containers.Annotation(), shorten(strings.Join(missing, ","))))
 	}
 	return cfg, warnings
 }
 
-func annotation(key string) string { return names.AnnotationPrefix + key }
+// requestLimitPairs are the sidecar's resources whose request must not
+// exceed their limit, or the API server rejects the pod.
+var requestLimitPairs = []struct{ request, limit settings.Setting }{
+	{settings.CPURequest, settings.CPULimit},
+	{settings.MemoryRequest, settings.MemoryLimit},
+}
+
+// exceeds compares two quantity settings of cfg.
+func exceeds(cfg settings.Config, request, limit settings.Setting) bool {
+	req, lim := resource.MustParse(request.Format(&cfg)), resource.MustParse(limit.Format(&cfg))
+	return req.Cmp(lim) > 0
+}
 
 // fileStorageDir returns the directory of a file:// storage URL ("" for
 // other schemes). The directory becomes a volume mount, so it must be one the
@@ -287,10 +297,6 @@ func fileStorageDir(storage string) (string, error) {
 
 // within reports whether p is dir or below it.
 func within(p, dir string) bool { return p == dir || strings.HasPrefix(p, dir+"/") }
-
-func watched(cfg settings.Config, name string) bool {
-	return len(cfg.Containers) == 0 || slices.Contains(cfg.Containers, name)
-}
 
 // setEnv sets name=value in c, replacing an existing definition so the
 // container never has two.

@@ -187,7 +187,8 @@ func TestInjectSettings(t *testing.T) {
 		name     string
 		opts     []podgen.Option
 		env      map[string]string // expected sidecar env values
-		warnings []string          // expected warnings, exactly
+		requests corev1.ResourceList
+		warnings []string // expected warnings, exactly
 	}{
 		{
 			name: "annotations override defaults",
@@ -210,7 +211,7 @@ func TestInjectSettings(t *testing.T) {
 		{
 			name:     "memory request above limit is clamped",
 			opts:     []podgen.Option{podgen.Annotations("heapwatch.io/memory-request", "1Gi")},
-			env:      map[string]string{"HEAPWATCH_MEMORY_REQUEST": "128Mi"},
+			requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("128Mi")},
 			warnings: []string{"heapwatch.io/memory-request 1Gi exceeds heapwatch.io/memory-limit 128Mi; using 128Mi"},
 		},
 		{
@@ -255,6 +256,11 @@ func TestInjectSettings(t *testing.T) {
 			for k, want := range tt.env {
 				if got, _ := env(sc, k); got != want {
 					t.Errorf("%s = %q, want %q", k, got, want)
+				}
+			}
+			for k, want := range tt.requests {
+				if got := sc.Resources.Requests[k]; got.Cmp(want) != 0 {
+					t.Errorf("requests.%s = %v, want %v", k, &got, &want)
 				}
 			}
 			for _, e := range sc.Env {
@@ -318,7 +324,7 @@ func TestOptionsValidate(t *testing.T) {
 		o.Image = ""
 		o.CredentialsSecret = "Bad_Name"
 		o.Defaults.Storage = "file:///"
-		o.Defaults.MemoryRequest = resource.MustParse("1Gi")
+		o.Defaults.MemoryRequest = "1Gi"
 	})
 	err := bad.Validate()
 	if err == nil {

@@ -15,6 +15,7 @@ import (
 // sidecar's HEAPWATCH_SECURITY_MODE is the mode chosen, not the request.
 func Sidecar(cfg settings.Config, o Options, sec Security) corev1.Container {
 	cfg.SecurityMode = sec.Mode
+	res := parseResources(cfg)
 	c := corev1.Container{
 		Name:  names.SidecarName,
 		Image: o.Image,
@@ -23,11 +24,8 @@ func Sidecar(cfg settings.Config, o Options, sec Security) corev1.Container {
 			fieldEnv(names.EnvPodNamespace, "metadata.namespace"),
 			fieldEnv(names.EnvPodUID, "metadata.uid"),
 			fieldEnv(names.EnvNodeName, "spec.nodeName"),
-		}, settingsEnv(cfg)...),
-		Resources: corev1.ResourceRequirements{
-			Requests: corev1.ResourceList{corev1.ResourceCPU: cfg.CPURequest, corev1.ResourceMemory: cfg.MemoryRequest},
-			Limits:   corev1.ResourceList{corev1.ResourceCPU: cfg.CPULimit, corev1.ResourceMemory: cfg.MemoryLimit},
-		},
+		}, settingsEnv(cfg, res)...),
+		Resources:                res.requirements(),
 		VolumeMounts:             []corev1.VolumeMount{{Name: names.SpoolVolume, MountPath: names.SpoolDir}},
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 		SecurityContext:          securityContext(sec),
@@ -54,16 +52,16 @@ func fieldEnv(name, fieldPath string) corev1.EnvVar {
 }
 
 // settingsEnv renders the settings plus the Go runtime limits derived from
-// the sidecar's own resources.
-func settingsEnv(cfg settings.Config) []corev1.EnvVar {
+// the sidecar's own resources, as plain numbers.
+func settingsEnv(cfg settings.Config, res resources) []corev1.EnvVar {
 	rendered := cfg.Env()
 	env := make([]corev1.EnvVar, 0, len(rendered)+2)
 	for _, e := range rendered {
 		env = append(env, corev1.EnvVar{Name: e.Name, Value: e.Value})
 	}
 	return append(env,
-		corev1.EnvVar{Name: "GOMEMLIMIT", Value: strconv.FormatInt(cfg.GoMemLimit(), 10)},
-		corev1.EnvVar{Name: "GOMAXPROCS", Value: strconv.Itoa(cfg.GoMaxProcs())},
+		corev1.EnvVar{Name: names.EnvGoMemLimit, Value: strconv.FormatInt(res.goMemLimit(), 10)},
+		corev1.EnvVar{Name: names.EnvGoMaxProcs, Value: strconv.Itoa(res.goMaxProcs())},
 	)
 }
 
