@@ -23,7 +23,6 @@ import (
 	"github.com/heapwatch/heapwatch/internal/pprof"
 	"github.com/heapwatch/heapwatch/internal/procfs"
 	"github.com/heapwatch/heapwatch/internal/spool"
-	"github.com/heapwatch/heapwatch/internal/trigger"
 	"github.com/heapwatch/heapwatch/internal/watch"
 	"github.com/heapwatch/heapwatch/names"
 	"github.com/heapwatch/heapwatch/settings"
@@ -74,11 +73,12 @@ func run(log *slog.Logger, f flags) error {
 	for _, p := range problems {
 		log.Warn("invalid setting; using the default for it", "variable", p.Source, "value", p.Value, "using", p.Used, "err", errors.Unwrap(p.Err))
 	}
+	o := newOptions(cfg)
 	pod := watch.PodFromEnv(os.LookupEnv)
 	log.Info("heapwatch sidecar starting", "version", version, "namespace", pod.Namespace, "pod", pod.Pod,
-		"node", pod.Node, "storage", store.RedactURL(cfg.Storage), "thresholds", cfg.Thresholds, "interval", cfg.Interval,
-		"horizon", cfg.Horizon, "profiles", cfg.Profiles, "pprofPath", cfg.PprofPath, "spoolDir", f.spoolDir,
-		"securityMode", cfg.SecurityMode, "uid", os.Getuid(), "gid", os.Getgid())
+		"node", pod.Node, "storage", store.RedactURL(o.storage), "thresholds", o.watch.Trigger.Thresholds, "interval", o.watch.Trigger.Interval,
+		"horizon", o.watch.Trigger.Horizon, "profiles", o.collect.Profiles, "pprofPath", o.client.Path, "spoolDir", f.spoolDir,
+		"securityMode", o.securityMode, "uid", os.Getuid(), "gid", os.Getgid())
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -95,7 +95,7 @@ func run(log *slog.Logger, f flags) error {
 	if err != nil {
 		return err // nothing can be watched without /proc
 	}
-	sp, err := openSpool(log, f.spoolDir, cfg.SpoolBytes, m)
+	sp, err := openSpool(log, f.spoolDir, o.spool.MaxBytes, m)
 	if err != nil {
 		return err
 	}
@@ -103,18 +103,18 @@ func run(log *slog.Logger, f flags) error {
 	uploaded := make(chan struct{})
 	go func() {
 		defer close(uploaded)
-		upload(uploadCtx, log, sp, cfg.Storage)
+		upload(uploadCtx, log, sp, o.storage)
 	}()
 
-	col := collect.New(collect.Options{
-		Profiles: cfg.Profiles,
-		Source: pprof.NewPorts(pprof.PortsOptions{Client: pprof.NewClient(pprof.Options{Path: cfg.PprofPath, MaxBytes: f.maxProfile}),
-			Proc: proc, Ports: cfg.Ports, Log: log}),
-		Spool: sp, Log: log, Observers: []collect.Observer{collect.LogObserver{Log: log}, collect.MetricsObserver{M: m}},
-	})
+	o.client.MaxBytes = f.maxProfile
+	o.ports.Client, o.ports.Proc, o.ports.Log = pprof.NewClient(o.client), proc, log
+	o.collect.Source = pprof.NewPorts(o.ports)
+	o.collect.Spool, o.collect.Log = sp, log
+	o.collect.Observers = []collect.Observer{collect.LogObserver{Log: log}, collect.MetricsObserver{M: m}}
+	col := collect.New(o.collect)
 	h := collect.Handler{C: col, Metrics: m}
-	w := watch.New(watch.Options{Trigger: triggerOptions(cfg), Containers: cfg.Containers, OnSample: h.ObserveSample, OnUnwatched: h.ObserveUnwatched,
-		Discover: watch.NewPodContainers(proc, pod)}, proc, h, log)
+	o.watch.OnSample, o.watch.OnUnwatched, o.watch.Discover = h.ObserveSample, h.ObserveUnwatched, watch.NewPodContainers(proc, pod)
+	w := watch.New(o.watch, proc, h, log)
 	watchErr := w.Run(ctx)
 	if watchErr != nil && ctx.Err() == nil {
 		log.Error("watching stopped; captures already taken are still uploaded", "err", watchErr)
@@ -130,7 +130,7 @@ func run(log *slog.Logger, f flags) error {
 	<-uploaded
 	flushCtx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	if st, err := store.Open(flushCtx, cfg.Storage); err == nil {
+	if st, err := store.Open(flushCtx, o.storage); err == nil {
 		if err := sp.Flush(flushCtx, st); err != nil {
 			log.Warn("captures left in the spool for the next start", "err", err)
 		}
@@ -183,18 +183,5 @@ func upload(ctx context.Context, log *slog.Logger, sp *spool.Spool, rawURL strin
 			}()
 			sp.Run(ctx, st)
 		}()
-	}
-}
-
-// triggerOptions maps the per-pod settings onto the trigger; what the
-// settings do not name keeps the trigger's documented defaults.
-func triggerOptions(cfg settings.Config) trigger.Options {
-	return trigger.Options{
-		Thresholds: cfg.Thresholds,
-		Absolute:   uint64(max(cfg.ThresholdBytes, 0)),
-		Horizon:    cfg.Horizon,
-		Cooldown:   cfg.Cooldown,
-		MaxPerHour: cfg.MaxPerHour,
-		Interval:   cfg.Interval,
 	}
 }
