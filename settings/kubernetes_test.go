@@ -2,14 +2,14 @@ package settings
 
 import (
 	"math"
-	"os/exec"
-	"slices"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/heapwatch/heapwatch/internal/testkit"
 )
 
 // The settings parse quantities, byte counts and container names without
@@ -141,13 +141,8 @@ func TestFromEnvReadsAnOlderWebhooksEnv(t *testing.T) {
 // TestLeaf keeps settings a contract both binaries can link: only the
 // standard library and heapwatch's other leaves.
 func TestLeaf(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", ".").Output()
-	if err != nil {
-		t.Fatalf("go list -deps: %v", err)
-	}
 	want := []string{"github.com/heapwatch/heapwatch/names", "github.com/heapwatch/heapwatch/settings", "github.com/heapwatch/heapwatch/store/storeurl"}
-	got := strings.Fields(string(out))
-	slices.Sort(got)
+	got := testkit.Deps(t)
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("settings depends on (-want +got):\n%s", diff)
 	}

@@ -1,9 +1,9 @@
 package main
 
 import (
-	"os/exec"
-	"strings"
 	"testing"
+
+	"github.com/heapwatch/heapwatch/internal/testkit"
 )
 
 // TestNoKubernetesLibraries keeps the sidecar free of Kubernetes' client
@@ -11,13 +11,5 @@ import (
 // the quantities and derives GOMEMLIMIT and GOMAXPROCS), so apimachinery
 // and client-go would only grow the binary that runs in every pod.
 func TestNoKubernetesLibraries(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", ".").Output()
-	if err != nil {
-		t.Fatalf("go list -deps: %v", err)
-	}
-	for pkg := range strings.SplitSeq(string(out), "\n") {
-		if strings.HasPrefix(pkg, "k8s.io/apimachinery/") || strings.HasPrefix(pkg, "k8s.io/client-go/") {
-			t.Errorf("cmd/sidecar depends on %s", pkg)
-		}
-	}
+	testkit.ForbidDeps(t, "k8s.io/apimachinery/", "k8s.io/client-go/")
 }
