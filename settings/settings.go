@@ -4,7 +4,10 @@
 // heapwatch.io/<key>, renders it into the sidecar's environment as
 // HEAPWATCH_<KEY>, and the sidecar parses it back. Key, default, parser and
 // validation live together in the table below so the two binaries cannot
-// drift apart.
+// drift apart. The sidecar's own resources (cpu/memory request/limit) are
+// webhook-only: checked here with the quantity grammar, parsed by the
+// webhook, never passed to the sidecar. The package is a leaf (no SDK, no
+// apimachinery) because both binaries link it.
 package settings
 
 import (
