@@ -19,6 +19,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/heapwatch/heapwatch/settings"
 	"github.com/heapwatch/heapwatch/store"
 )
 
@@ -26,7 +27,7 @@ import (
 var version = "dev"
 
 // envStorage names the storage URL variable, shared with the sidecar.
-const envStorage = "HEAPWATCH_STORAGE"
+var envStorage = settings.Storage.EnvVar()
 
 // defaultStorageDir is where `make demo` stores captures, relative to the
 // working directory, so `heapwatch ls` works after it without flags.

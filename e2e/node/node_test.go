@@ -41,7 +41,7 @@ import (
 	"github.com/heapwatch/heapwatch/internal/testenv"
 	"github.com/heapwatch/heapwatch/internal/testkit"
 	"github.com/heapwatch/heapwatch/internal/vm"
-	"github.com/heapwatch/heapwatch/internal/webhook/inject"
+	"github.com/heapwatch/heapwatch/names"
 )
 
 const (
@@ -136,7 +136,7 @@ func TestStoryOnARealNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pod.Annotations[inject.StatusAnnotation] == "" {
+	if pod.Annotations[names.StatusAnnotation] == "" {
 		t.Fatalf("the webhook did not inject the pod: annotations %v", pod.Annotations)
 	}
 	waitFor(t, 10*time.Minute, "pod running", func() (bool, error) {
@@ -183,7 +183,7 @@ func TestStoryOnARealNode(t *testing.T) {
 		}
 	}
 	for _, s := range pod.Status.InitContainerStatuses {
-		if s.Name == inject.SidecarName && s.RestartCount != 0 {
+		if s.Name == names.SidecarName && s.RestartCount != 0 {
 			t.Errorf("sidecar restart count %d, want 0", s.RestartCount)
 		}
 	}
@@ -197,7 +197,7 @@ func TestStoryOnARealNode(t *testing.T) {
 		if !slices.ContainsFunc(warns.Get(), func(w string) bool { return strings.Contains(w, "thresholds") }) {
 			t.Errorf("no admission warning naming the bad annotation; warnings: %q", warns.Get())
 		}
-		if p.Annotations[inject.StatusAnnotation] == "" {
+		if p.Annotations[names.StatusAnnotation] == "" {
 			t.Errorf("pod with a bad annotation not injected (want the default used)")
 		}
 	})
@@ -208,7 +208,7 @@ func TestStoryOnARealNode(t *testing.T) {
 		if err != nil {
 			t.Fatalf("pod not created with the webhook down (failurePolicy Ignore): %v", err)
 		}
-		if p.Annotations[inject.StatusAnnotation] != "" {
+		if p.Annotations[names.StatusAnnotation] != "" {
 			t.Errorf("pod injected with the webhook down?")
 		}
 	})
@@ -247,7 +247,7 @@ func leakyPod(name string, annotations map[string]string) *corev1.Pod {
 // is there, and checks it.
 func waitFinalCapture(t *testing.T, n *node.Node, pod *corev1.Pod, finished time.Time) *capture.Metadata {
 	t.Helper()
-	dir := filepath.Join(node.PodsDir, string(pod.UID), "volumes/kubernetes.io~empty-dir", inject.CapturesVolume)
+	dir := filepath.Join(node.PodsDir, string(pod.UID), "volumes/kubernetes.io~empty-dir", names.CapturesVolume)
 	var final *capture.Metadata
 	var all []string
 	waitFor(t, 3*time.Minute, "final capture", func() (bool, error) {

@@ -9,7 +9,6 @@ package watch
 import (
 	"context"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/heapwatch/heapwatch/internal/cgroup"
 	"github.com/heapwatch/heapwatch/internal/procfs"
 	"github.com/heapwatch/heapwatch/internal/trigger"
+	"github.com/heapwatch/heapwatch/settings"
 )
 
 // Container is one watched container: the processes sharing a memory
@@ -217,10 +217,8 @@ func (w *Watcher) requestRescan() {
 	}
 }
 
-// wanted applies the name filter.
-func (w *Watcher) wanted(name string) bool {
-	return len(w.o.Containers) == 0 || slices.Contains(w.o.Containers, name)
-}
+// wanted applies the name filter, by the containers setting's rule.
+func (w *Watcher) wanted(name string) bool { return settings.Watches(w.o.Containers, name) }
 
 // logPollOnce logs the fallback to polling once per sidecar, at info; the
 // mode of each container is in its Container and at debug level.
