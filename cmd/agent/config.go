@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"os"
 	"path"
 	"regexp"
@@ -18,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/heapwatch/heapwatch/internal/pprof"
+	"github.com/heapwatch/heapwatch/internal/procfs"
 	"github.com/heapwatch/heapwatch/internal/watch"
 	"github.com/heapwatch/heapwatch/settings"
 	"github.com/heapwatch/heapwatch/store/storeurl"
@@ -31,6 +31,8 @@ type config struct {
 	SpoolDir    string
 	MetricsAddr string
 	ProcRoot    string
+	CgroupRoot  string
+	SpoolBytes  int64
 	ConfigFile  string
 	Interval    time.Duration
 	// ThresholdBytes fires "absolute" captures (0: none).
@@ -58,8 +60,23 @@ type daemonConfig struct {
 	// Pprof is where its profiles are served: unix:///path/to.sock,
 	// https://127.0.0.1:10250/debug/pprof, http://...; empty: memory only.
 	Pprof string `json:"pprof,omitempty"`
-	// BearerTokenFile is sent as "Authorization: Bearer" (https only).
-	BearerTokenFile string `json:"bearerTokenFile,omitempty"`
+	// BearerTokenFile holds a token sent as "Authorization: Bearer"
+	// (https or unix only); CAFile, ServerName and InsecureSkipVerify
+	// check an https endpoint's certificate (see pprof.URLOptions).
+	BearerTokenFile    string `json:"bearerTokenFile,omitempty"`
+	CAFile             string `json:"caFile,omitempty"`
+	ServerName         string `json:"serverName,omitempty"`
+	InsecureSkipVerify bool   `json:"insecureSkipVerify,omitempty"`
+}
+
+// source returns the daemon's profile source, nil when it has no pprof
+// endpoint (memory only).
+func (d daemonConfig) source(o pprof.Options, proc procfs.FS, log *slog.Logger) (*pprof.URL, error) {
+	if d.Pprof == "" {
+		return nil, nil
+	}
+	return pprof.NewURL(d.Pprof, pprof.URLOptions{Client: o, Proc: proc, BearerTokenFile: d.BearerTokenFile,
+		CAFile: d.CAFile, ServerName: d.ServerName, InsecureSkipVerify: d.InsecureSkipVerify, Log: log})
 }
 
 // fileConfig is the --config file.
@@ -67,13 +84,19 @@ type fileConfig struct {
 	Daemons []daemonConfig `json:"daemons"`
 }
 
+// nodeNamePlaceholder in a serverName is replaced by --node-name.
+const nodeNamePlaceholder = "$(NODE_NAME)"
+
 // serviceAccountToken is where Kubernetes mounts the agent's token.
 const serviceAccountToken = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 // builtIn are watched when present: each only when a process matches.
 var builtIn = []daemonConfig{
 	{DaemonSpec: watch.DaemonSpec{Name: "containerd", Exe: "containerd", Cgroup: "containerd.service"}, Pprof: "unix:///run/containerd/debug.sock"},
-	{DaemonSpec: watch.DaemonSpec{Name: "kubelet", Exe: "kubelet", Cgroup: "kubelet.service"}, Pprof: "https://127.0.0.1:10250/debug/pprof", BearerTokenFile: serviceAccountToken},
+	// The kubelet's serving certificate names the node, and without
+	// serverTLSBootstrap it is self-signed: its own CA.
+	{DaemonSpec: watch.DaemonSpec{Name: "kubelet", Exe: "kubelet", Cgroup: "kubelet.service"}, Pprof: "https://127.0.0.1:10250/debug/pprof",
+		BearerTokenFile: serviceAccountToken, CAFile: "/var/lib/kubelet/pki/kubelet.crt", ServerName: nodeNamePlaceholder},
 	{DaemonSpec: watch.DaemonSpec{Name: "crio", Exe: "crio", Cgroup: "crio.service"}, Pprof: "http://127.0.0.1:6060/debug/pprof"},
 	{DaemonSpec: watch.DaemonSpec{Name: "dockerd", Exe: "dockerd", Cgroup: "docker.service"}, Pprof: "unix:///var/run/docker.sock"},
 }
@@ -93,7 +116,7 @@ const (
 // the --config file into a validated config. Errors name the flag or the
 // file's field.
 func parseFlags(args []string, getenv func(string) string) (config, error) {
-	c := config{GrowthStep: Step{Ratio: 0.25}, BuiltIn: true}
+	c := config{GrowthStep: Step{Ratio: 0.25}, BuiltIn: true, SpoolBytes: settings.Defaults().SpoolBytes}
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	fs.SetOutput(flagOutput)
 	node := getenv("NODE_NAME")
@@ -105,6 +128,12 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	fs.StringVar(&c.SpoolDir, "spool-dir", defaultSpoolDir, "directory holding captures until they are stored")
 	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", defaultMetricsAddr, "listen address of the Prometheus /metrics endpoint; empty disables it")
 	fs.StringVar(&c.ProcRoot, "proc", "/proc", "the host's proc file system (the agent runs with hostPID)")
+	fs.StringVar(&c.CgroupRoot, "cgroup-root", "/sys/fs/cgroup", "the host's cgroup file system, mounted read-only")
+	fs.Func("spool-bytes", fmt.Sprintf("bound of the local spool (default %d)", settings.Defaults().SpoolBytes), func(v string) error {
+		b, err := parseBytes(v)
+		c.SpoolBytes = int64(b)
+		return err
+	})
 	fs.StringVar(&c.ConfigFile, "config", "", "YAML file listing daemons to watch: {daemons: [{name, exe, cgroup, pprof, bearerTokenFile}]}")
 	fs.DurationVar(&c.Interval, "interval", defaultInterval, "sampling interval of each daemon's memory")
 	fs.Func("threshold-bytes", "capture when a daemon's memory reaches this many bytes (e.g. 2GiB; 0: none)", func(v string) error {
@@ -162,6 +191,9 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 			c.Daemons = append(c.Daemons, d)
 		}
 	}
+	for i := range c.Daemons {
+		c.Daemons[i].ServerName = strings.ReplaceAll(c.Daemons[i].ServerName, nodeNamePlaceholder, c.NodeName)
+	}
 	if len(c.Daemons) == 0 {
 		return config{}, errors.New("no daemons to watch: --builtin-daemons=false and no daemons in --config")
 	}
@@ -189,6 +221,8 @@ func (c config) validate() error {
 		return fmt.Errorf("--max-profile-bytes %d: must be positive", c.MaxProfile)
 	case c.SpoolDir == "":
 		return errors.New("--spool-dir: empty")
+	case c.SpoolBytes < 1<<20:
+		return fmt.Errorf("--spool-bytes %d: at least 1MiB", c.SpoolBytes)
 	}
 	if err := storeurl.Validate(c.Storage); err != nil {
 		return fmt.Errorf("--storage: %w", err)
@@ -225,39 +259,14 @@ func parseConfigFile(b []byte) ([]daemonConfig, error) {
 			return nil, fmt.Errorf("%s %q: the root cgroup holds every process", field("cgroup"), d.Cgroup)
 		}
 		seen[d.Name] = true
-		if err := checkPprof(d); err != nil {
-			return nil, fmt.Errorf("%s: %w", field("pprof"), err)
+		if d.Pprof == "" && (d.BearerTokenFile != "" || d.CAFile != "" || d.ServerName != "" || d.InsecureSkipVerify) {
+			return nil, fmt.Errorf("daemons[%d] (%s): bearerTokenFile and TLS settings need a pprof URL", i, d.Name)
 		}
-		if d.BearerTokenFile != "" && !strings.HasPrefix(d.Pprof, "https://") {
-			return nil, fmt.Errorf("%s: a bearer token is only sent over https (pprof is %q)", field("bearerTokenFile"), d.Pprof)
+		if _, err := d.source(pprof.Options{}, procfs.FS{}, nil); err != nil {
+			return nil, fmt.Errorf("%s: %w", field("pprof"), err)
 		}
 	}
 	return f.Daemons, nil
-}
-
-// checkPprof checks a daemon's pprof endpoint: unix:///abs/path.sock,
-// http(s)://host[:port]/path, or empty (memory only).
-func checkPprof(d daemonConfig) error {
-	if d.Pprof == "" {
-		return nil
-	}
-	u, err := url.Parse(d.Pprof)
-	if err != nil {
-		return err
-	}
-	switch u.Scheme {
-	case "unix":
-		if u.Host != "" || !path.IsAbs(u.Path) {
-			return fmt.Errorf("%q: want unix:///absolute/path.sock", d.Pprof)
-		}
-	case "http", "https":
-		if u.Host == "" {
-			return fmt.Errorf("%q: no host", d.Pprof)
-		}
-	default:
-		return fmt.Errorf("%q: scheme must be unix, http or https", d.Pprof)
-	}
-	return nil
 }
 
 // parseProfiles checks a comma-separated profile list, heap first.

@@ -111,9 +111,11 @@ daemons:
 	if err != nil {
 		t.Fatal(err)
 	}
+	kubelet := builtIn[1]
+	kubelet.ServerName = "n1" // the kubelet's certificate names the node
 	want := []daemonConfig{
 		{DaemonSpec: watch.DaemonSpec{Name: "containerd", Exe: "containerd", Cgroup: "/system.slice/containerd.service"}, Pprof: "unix:///run/k8s/containerd-debug.sock"},
-		builtIn[1], builtIn[2], builtIn[3],
+		kubelet, builtIn[2], builtIn[3],
 		{DaemonSpec: watch.DaemonSpec{Name: "vector", Cgroup: "vector.service"}, Pprof: "http://127.0.0.1:8686/debug/pprof"},
 	}
 	if diff := cmp.Diff(want, c.Daemons); diff != "" {
@@ -144,7 +146,9 @@ func TestBadConfigFile(t *testing.T) {
 		{"daemons:\n- name: x\n  exe: x\n  pprof: tcp://1.2.3.4:5\n", "daemons[0].pprof"},
 		{"daemons:\n- name: x\n  exe: x\n  pprof: unix://relative.sock\n", "daemons[0].pprof"},
 		{"daemons:\n- name: x\n  exe: x\n  pprof: https:///debug/pprof\n", "daemons[0].pprof"},
-		{"daemons:\n- name: x\n  exe: x\n  pprof: http://127.0.0.1:1/debug/pprof\n  bearerTokenFile: /t\n", "daemons[0].bearerTokenFile"},
+		{"daemons:\n- name: x\n  exe: x\n  pprof: http://127.0.0.1:1/debug/pprof\n  bearerTokenFile: /t\n", "daemons[0].pprof: pprof: bad endpoint URL"},
+		{"daemons:\n- name: x\n  exe: x\n  bearerTokenFile: /t\n", "need a pprof URL"},
+		{"daemons:\n- name: x\n  exe: x\n  pprof: http://127.0.0.1:1/debug/pprof/heap\n", "daemons[0].pprof"},
 		{"daemons: [", "yaml"},
 	} {
 		_, err := parseConfigFile([]byte(tt.yaml))

@@ -115,6 +115,9 @@ func (w *Watcher) open(g Group) (mem memory, dir string, version cgroup.Version,
 	if g.RSS {
 		return newRSSMemory(w.fs, g.PIDs), "", 0, nil
 	}
+	if w.o.CgroupRoot != "" {
+		return openUnder(w.o.CgroupRoot, g.Path)
+	}
 	for _, pid := range g.PIDs {
 		if dir, version, err = cgroup.Locate(w.fs.Proc(pid)); err == nil {
 			break

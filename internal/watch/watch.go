@@ -107,6 +107,11 @@ type Options struct {
 	// notification (they are registered by writing cgroup.event_control);
 	// the agent never writes to a host daemon's cgroup.
 	ReadOnly bool
+	// CgroupRoot, if set, is where groups' cgroups are opened (the host's
+	// cgroupfs as mounted for the agent: <root>/memory/<path> on v1,
+	// <root>/<path> on v2) instead of through a member's /proc/<pid>/root,
+	// which needs ptrace access to the member.
+	CgroupRoot string
 }
 
 const (
