@@ -43,7 +43,7 @@ func TestAgentLeakingHostDaemon(t *testing.T) {
 	logs := &testkit.Buffer{}
 	agent := exec.Command(agentBin, "--node-name", "e2e-node", "--config", config, "--builtin-daemons=false",
 		"--storage", storage, "--spool-dir", filepath.Join(dir, "spool"), "--metrics-bind-address", "",
-		"--interval", "100ms", "--growth-step", "25%", "--cooldown", "0s", "--horizon", "0s", "--max-per-hour", "0",
+		"--interval", "100ms", "--rescan", "500ms", "--growth-step", "25%", "--cooldown", "0s", "--horizon", "0s", "--max-per-hour", "0",
 		"--profiles", "heap", "--log-level", "debug")
 	agent.Stdout, agent.Stderr = logs, logs
 	if err := agent.Start(); err != nil {
