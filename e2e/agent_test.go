@@ -99,7 +99,7 @@ func TestAgentLeakingHostDaemon(t *testing.T) {
 	}
 	// The post-mortem's method: diff the first and the latest capture.
 	last := got[len(got)-1]
-	diff := runHeapwatch(t, storage, "diff", "--native", got[0].ID, last.ID, "-o", t.TempDir())
+	diff := string(runHeapwatch(t, storage, "diff", "--native", got[0].ID, last.ID, "-o", t.TempDir()))
 	if !strings.Contains(diff, "main.leakLinear") {
 		t.Errorf("heapwatch diff %s %s does not name main.leakLinear:\n%s", got[0].ID, last.ID, diff)
 	}
@@ -128,17 +128,6 @@ func TestAgentLeakingHostDaemon(t *testing.T) {
 		}
 	}
 	t.Logf("%d captures of leaky: %d before the restart, %d after", len(all), len(ofPID(first)), len(ofPID(second)))
-}
-
-func runHeapwatch(t *testing.T, storage string, args ...string) string {
-	t.Helper()
-	cmd := exec.Command(heapwatchBin, append([]string{"--storage", storage}, args...)...)
-	cmd.Env = append(os.Environ(), "XDG_CACHE_HOME="+t.TempDir(), "HOME="+t.TempDir())
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("heapwatch %v: %v\n%s", args, err, out)
-	}
-	return string(out)
 }
 
 // service is a memory cgroup standing for a systemd service, and the
