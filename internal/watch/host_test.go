@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/heapwatch/heapwatch/capture"
+	"github.com/heapwatch/heapwatch/internal/cgroup"
 	"github.com/heapwatch/heapwatch/internal/procfs"
 	"github.com/heapwatch/heapwatch/internal/trigger"
 )
@@ -29,7 +30,8 @@ type hostTree struct {
 type fixtureProc struct {
 	pid, ppid int
 	comm, exe string
-	cgroup    string // v1 memory cgroup path
+	cgroup    string // memory cgroup path: v1's, or v2's with v2
+	v2        bool
 	kthread   bool
 }
 
@@ -55,6 +57,9 @@ func (h *hostTree) add(procs ...fixtureProc) {
 			"stat":   fmt.Sprintf("%d (%s) S %d 1 1 0 -1 %d 0 0 0 0 0 0 0 0 20 0 1 0 %d 0 0", p.pid, p.comm, p.ppid, flags, 1000+p.pid),
 			"comm":   p.comm + "\n",
 			"cgroup": "12:memory:" + p.cgroup + "\n0::/\n",
+		}
+		if p.v2 {
+			files["cgroup"] = "0::" + p.cgroup + "\n"
 		}
 		for name, content := range files {
 			if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
@@ -246,5 +251,72 @@ func copyFile(t *testing.T, from, to string) {
 	}
 	if err := out.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestHostDaemonV2ServiceCgroup runs the watcher over a host fixture on
+// cgroup v2: containerd in system.slice/containerd.service is read from
+// that cgroup under CgroupRoot, read-only (inotify on memory.events, no
+// write), with no limit; its captures are a baseline, a growth step, and
+// a prediction against node memory (NodeMemory standing in for the
+// limit), while its samples keep the true limit, none.
+func TestHostDaemonV2ServiceCgroup(t *testing.T) {
+	h := newHostTree(t, 7)
+	h.add(
+		fixtureProc{pid: 7, ppid: 1, comm: "agent", exe: "/agent", cgroup: "/agent", v2: true},
+		fixtureProc{pid: 100, ppid: 1, comm: "containerd", exe: "/usr/bin/containerd", cgroup: "/system.slice/containerd.service", v2: true},
+	)
+	croot := t.TempDir()
+	svc := filepath.Join(croot, "system.slice", "containerd.service")
+	if err := os.MkdirAll(svc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, content string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(svc, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("memory.current", strconv.Itoa(40*mib))
+	write("memory.max", "max\n")
+	write("memory.stat", "anon 41943040\ninactive_file 0\n")
+	write("memory.events", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
+	fsys, err := procfs.NewFS(h.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	w := New(Options{Rescan: 50 * time.Millisecond, ReadOnly: true, NoProbe: true, NodeMemory: 100 * mib, CgroupRoot: croot,
+		Discover: NewHostDaemons(fsys, "n1", []DaemonSpec{{Name: "containerd", Exe: "containerd", Cgroup: "containerd.service"}}),
+		Trigger:  trigger.Options{StepRatio: 0.25, Horizon: 10 * time.Second, Interval: 20 * time.Millisecond}}, fsys, rec, testLogger(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	kinds := func() []string {
+		caps, _ := rec.snapshot()
+		var out []string
+		for _, c := range caps {
+			out = append(out, c.ev.Kind)
+		}
+		return out
+	}
+	waitFor(t, 5*time.Second, "the baseline", func() bool { return len(kinds()) == 1 })
+	caps, _ := rec.snapshot()
+	c := caps[0].ev
+	if c.Kind != "baseline" || c.Container.CgroupPath != svc || c.Container.Version != cgroup.V2 || c.Container.Notify != cgroup.ModeInotify ||
+		c.Sample.Usage != 40*mib || c.Sample.Limit != 0 || c.Container.Target != (capture.Daemon{Node: "n1", Name: "containerd"}) {
+		t.Fatalf("baseline %s of %+v, sample %+v", c.Kind, c.Container, c.Sample)
+	}
+	// Past 40+16 MiB, and fast toward node memory: the step comes first
+	// (precedence), the prediction at the next sample.
+	write("memory.current", strconv.Itoa(60*mib))
+	waitFor(t, 10*time.Second, "a growth step and a prediction", func() bool { return len(kinds()) >= 3 })
+	caps, _ = rec.snapshot()
+	if diff := cmp.Diff([]string{"baseline", "step", "predictive"}, kinds()); diff != "" {
+		t.Errorf("captures (-want +got):\n%s", diff)
+	}
+	if p := caps[2].ev; p.Sample.Limit != 0 || !strings.Contains(p.Reason, "of 100MiB") {
+		t.Errorf("prediction %q with sample %+v", p.Reason, p.Sample)
 	}
 }

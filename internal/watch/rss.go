@@ -3,8 +3,6 @@ package watch
 import (
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -86,17 +84,3 @@ func (r *rssMemory) Stat() (map[string]uint64, error) { return nil, nil }
 func (r *rssMemory) Pressure() (cgroup.Pressure, bool, error) { return cgroup.Pressure{}, false, nil }
 
 func (r *rssMemory) Close() error { return nil }
-
-// openUnder opens the memory cgroup at path under a cgroupfs mounted at
-// root: the v1 memory hierarchy when root has one, else v2.
-func openUnder(root, path string) (memory, string, cgroup.Version, error) {
-	dir := filepath.Join(root, "memory", path)
-	if _, err := os.Stat(filepath.Join(root, "memory")); err != nil {
-		dir = filepath.Join(root, path)
-	}
-	m, err := cgroup.Open(dir)
-	if err != nil {
-		return nil, "", 0, err
-	}
-	return m, dir, m.Version(), nil
-}

@@ -1,6 +1,8 @@
 package watch
 
 import (
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -174,4 +176,18 @@ func (w *Watcher) watch(wg *sync.WaitGroup, key, name string, target capture.Tar
 	w.mu.Unlock()
 	wg.Go(c.forward)
 	w.sampler.add(c)
+}
+
+// openUnder opens the memory cgroup at path under a cgroupfs mounted at
+// root: the v1 memory hierarchy when root has one, else v2.
+func openUnder(root, path string) (memory, string, cgroup.Version, error) {
+	dir := filepath.Join(root, "memory", path)
+	if _, err := os.Stat(filepath.Join(root, "memory")); err != nil {
+		dir = filepath.Join(root, path)
+	}
+	m, err := cgroup.Open(dir)
+	if err != nil {
+		return nil, "", 0, err
+	}
+	return m, dir, m.Version(), nil
 }
