@@ -101,7 +101,7 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 	w := watch.New(watch.Options{
 		Trigger:  triggerOptions(c),
 		Discover: watch.NewHostDaemons(proc, c.NodeName, specs),
-		OnSample: d.sample, NodeMemory: mem.MemTotal, ReadOnly: true, CgroupRoot: c.CgroupRoot, NoProbe: true, Rescan: c.Rescan,
+		OnSample: d.sample, OnGone: d.gone, NodeMemory: mem.MemTotal, ReadOnly: true, CgroupRoot: c.CgroupRoot, NoProbe: true, Rescan: c.Rescan,
 	}, proc, d, log)
 	if err := w.Run(ctx); err != nil && ctx.Err() == nil {
 		log.Error("watching stopped; captures already taken are still uploaded", "err", err)
@@ -193,6 +193,10 @@ func (d *daemons) sample(c watch.Container, s watch.Sample) {
 	}
 	d.m.Usage(c.Name, s.WorkingSet, s.Usage, s.Limit)
 }
+
+// gone (watch.Options.OnGone) drops a daemon whose processes are gone from
+// the node accounting; a restart adds it back at its first sample.
+func (d *daemons) gone(c watch.Container) { d.acct.RemoveDaemon(c.Name) }
 
 func (d *daemons) Capture(ev watch.Event) {
 	if h, ok := d.handlers[ev.Container.Name]; ok {

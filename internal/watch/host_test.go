@@ -199,7 +199,8 @@ func TestHostDaemonRSSRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := &recorder{}
-	w := New(Options{Rescan: 50 * time.Millisecond, ReadOnly: true, NodeMemory: 1 << 40,
+	gone := make(chan Container, 2)
+	w := New(Options{Rescan: 50 * time.Millisecond, ReadOnly: true, NodeMemory: 1 << 40, OnGone: func(c Container) { gone <- c },
 		Discover: NewHostDaemons(fsys, "n1", []DaemonSpec{{Name: "sleeper", Exe: exe}}),
 		Trigger:  trigger.Options{StepRatio: 0.25, Interval: 20 * time.Millisecond}}, fsys, rec, testLogger(t))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -225,6 +226,14 @@ func TestHostDaemonRSSRestart(t *testing.T) {
 	}
 	_ = first.Process.Kill()
 	_ = first.Wait()
+	select {
+	case c := <-gone:
+		if c.Name != "sleeper" || c.PIDs[0] != first.Process.Pid {
+			t.Errorf("gone: %+v", c)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no OnGone for the exited process")
+	}
 	second := start()
 	waitFor(t, 10*time.Second, "baseline of the restarted process", baselineOf(second.Process.Pid))
 	caps, _ = rec.snapshot()

@@ -97,6 +97,9 @@ type Options struct {
 	// must be cheap. It is called from Container-by-Container sampling in
 	// one goroutine (watched.tick): the one place a sample is produced.
 	OnSample func(c Container, s Sample)
+	// OnGone, if set, is called when a container stops being watched (its
+	// processes are gone, or its cgroup), from the sampling goroutine.
+	OnGone func(Container)
 	// OnUnwatched, if set, is called with the containers not watched
 	// whenever that list changes (for metrics).
 	OnUnwatched func([]Unwatched)
