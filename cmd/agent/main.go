@@ -162,13 +162,33 @@ type daemons struct {
 	m        *metrics.Metrics
 	acct     *nodemem.Collector
 	handlers map[string]collect.Handler // by daemon name; no entry: memory only
+
+	mu        sync.Mutex
+	baselines map[string]*baseline // by daemon name, until one is stored
 }
+
+// baseline is a daemon's baseline capture not stored yet. A daemon found
+// just after it (re)started may not listen on its pprof endpoint yet, and
+// its series is diffed against its first capture: so until a baseline is
+// stored, a baseline skipped for want of an endpoint is asked again every
+// baselineRetry (for up to baselineFor), and any other trigger's capture
+// after such a miss is taken as the baseline, which keeps it first.
+type baseline struct {
+	ev       watch.Event
+	since    time.Time
+	missed   bool // the last request for it found no endpoint
+	retrying bool // a retry is scheduled
+}
+
+const baselineFor = 2 * time.Minute
+
+var baselineRetry = time.Second // a variable for tests
 
 var _ watch.Handler = (*daemons)(nil)
 
 func newDaemons(c config, proc procfs.FS, sp *spool.Spool, m *metrics.Metrics, acct *nodemem.Collector, log *slog.Logger) (*daemons, error) {
-	d := &daemons{log: log, m: m, acct: acct, handlers: map[string]collect.Handler{}}
-	observers := []collect.Observer{collect.LogObserver{Log: log}, collect.MetricsObserver{M: m}}
+	d := &daemons{log: log, m: m, acct: acct, handlers: map[string]collect.Handler{}, baselines: map[string]*baseline{}}
+	observers := []collect.Observer{collect.LogObserver{Log: log}, collect.MetricsObserver{M: m}, d}
 	for _, dc := range c.Daemons {
 		src, err := dc.source(pprof.Options{MaxBytes: c.MaxProfile}, proc, log.With("daemon", dc.Name))
 		if err != nil {
@@ -200,11 +220,53 @@ func (d *daemons) gone(c watch.Container) { d.acct.RemoveDaemon(c.Name) }
 
 func (d *daemons) Capture(ev watch.Event) {
 	if h, ok := d.handlers[ev.Container.Name]; ok {
+		d.mu.Lock()
+		if ev.Kind == string(trigger.KindBaseline) {
+			d.baselines[ev.Container.Name] = &baseline{ev: ev, since: time.Now()}
+		} else if b := d.baselines[ev.Container.Name]; b != nil && b.missed {
+			b.missed = false
+			ev.Reason = fmt.Sprintf("%s; taken as the baseline, which could not be captured at %s", ev.Reason, b.since.UTC().Format(time.TimeOnly))
+			ev.Kind = string(trigger.KindBaseline)
+		}
+		d.mu.Unlock()
 		h.Capture(ev)
 		return
 	}
 	d.log.Info("trigger fired for a daemon without a pprof endpoint: memory only", "daemon", ev.Container.Name,
 		"kind", ev.Kind, "reason", ev.Reason)
+}
+
+// Observe (collect.Observer) asks again for a baseline skipped for want of
+// an endpoint, and forgets it once stored (or failed otherwise: the
+// series goes on without it). A baseline merged into a later request
+// stays pending: that request was made a baseline too.
+func (d *daemons) Observe(ev collect.Event) {
+	if ev.Trigger != string(trigger.KindBaseline) {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	b := d.baselines[ev.Target]
+	switch {
+	case b == nil, ev.Outcome == collect.Coalesced:
+	case ev.Outcome == collect.NoEndpoint && time.Since(b.since) < baselineFor:
+		b.missed = true
+		if b.retrying {
+			return // the scheduled retry asks again
+		}
+		b.retrying = true
+		time.AfterFunc(baselineRetry, func() {
+			d.mu.Lock()
+			current := d.baselines[ev.Target] == b
+			b.retrying, b.missed = false, false
+			d.mu.Unlock()
+			if current { // neither stored nor replaced by a restart's baseline
+				d.handlers[ev.Target].Capture(b.ev)
+			}
+		})
+	default:
+		delete(d.baselines, ev.Target)
+	}
 }
 
 func (d *daemons) OOMKilled(c watch.Container, at time.Time, last watch.Sample) {
