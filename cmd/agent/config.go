@@ -32,6 +32,7 @@ type config struct {
 	MetricsAddr string
 	ProcRoot    string
 	CgroupRoot  string
+	PodsCgroup  string
 	SpoolBytes  int64
 	ConfigFile  string
 	Interval    time.Duration
@@ -131,6 +132,7 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", defaultMetricsAddr, "listen address of the Prometheus /metrics endpoint; empty disables it")
 	fs.StringVar(&c.ProcRoot, "proc", "/proc", "the host's proc file system (the agent runs with hostPID)")
 	fs.StringVar(&c.CgroupRoot, "cgroup-root", "/sys/fs/cgroup", "the host's cgroup file system, mounted read-only")
+	fs.StringVar(&c.PodsCgroup, "pods-cgroup", "", "the pods' cgroup below the memory hierarchy, for node accounting (default: kubepods, then kubepods.slice; set it for a kubelet with its own --cgroup-root)")
 	fs.Func("spool-bytes", fmt.Sprintf("bound of the local spool (default %d)", settings.Defaults().SpoolBytes), func(v string) error {
 		b, err := parseBytes(v)
 		c.SpoolBytes = int64(b)

@@ -31,6 +31,7 @@ func TestFlags(t *testing.T) {
 		{nil, func(c config) any { return c.Interval }, time.Second},
 		{[]string{"--interval", "250ms"}, func(c config) any { return c.Interval }, 250 * time.Millisecond},
 		{nil, func(c config) any { return c.Rescan }, 10 * time.Second},
+		{[]string{"--pods-cgroup", "hw-x/kubepods"}, func(c config) any { return c.PodsCgroup }, "hw-x/kubepods"},
 		{[]string{"--storage", "file:///tmp/x"}, func(c config) any { return c.Storage }, "file:///tmp/x"},
 		{[]string{"--metrics-bind-address", "127.0.0.1:1"}, func(c config) any { return c.MetricsAddr }, "127.0.0.1:1"},
 		{nil, func(c config) any { return c.GrowthStep }, Step{Ratio: 0.25}},

@@ -57,7 +57,7 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 	if err != nil {
 		return err
 	}
-	acctReader, err := nodemem.NewReader(c.ProcRoot, c.CgroupRoot, "")
+	acctReader, err := nodemem.NewReader(c.ProcRoot, c.CgroupRoot, c.PodsCgroup)
 	if err != nil {
 		return err
 	}
