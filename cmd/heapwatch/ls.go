@@ -84,7 +84,7 @@ func (a *app) ls(ctx context.Context, o lsOptions) error {
 	if o.sinceArg != "" {
 		d, err := parseSince(o.sinceArg)
 		if err != nil {
-			return fmt.Errorf("%w: --since: %v", errUsage, err)
+			return fmt.Errorf("%w: --since: %w", errUsage, err)
 		}
 		f.since = a.now().Add(-d)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/heapwatch/heapwatch/internal/metrics"
 	"github.com/heapwatch/heapwatch/internal/pprof"
 	"github.com/heapwatch/heapwatch/internal/procfs"
+	"github.com/heapwatch/heapwatch/internal/ship"
 	"github.com/heapwatch/heapwatch/internal/spool"
 	"github.com/heapwatch/heapwatch/internal/trigger"
 	"github.com/heapwatch/heapwatch/internal/watch"
@@ -100,12 +101,7 @@ func run(log *slog.Logger, f flags) error {
 	if err != nil {
 		return err
 	}
-	uploadCtx, stopUpload := context.WithCancel(context.Background())
-	uploaded := make(chan struct{})
-	go func() {
-		defer close(uploaded)
-		upload(uploadCtx, log, sp, cfg.Storage)
-	}()
+	shipper := ship.Start(sp, ship.Options{Storage: cfg.Storage, Log: log})
 
 	col := collect.New(collect.Options{
 		Profiles: cfg.Profiles,
@@ -127,14 +123,10 @@ func run(log *slog.Logger, f flags) error {
 	log.Info("shutting down", "grace", f.grace)
 	deadline := time.Now().Add(f.grace)
 	col.Close(f.grace / 2)
-	stopUpload()
-	<-uploaded
 	flushCtx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	if st, err := store.Open(flushCtx, cfg.Storage); err == nil {
-		if err := sp.Flush(flushCtx, st); err != nil {
-			log.Warn("captures left in the spool for the next start", "err", err)
-		}
+	if err := shipper.Stop(flushCtx); err != nil {
+		log.Warn("captures left in the spool for the next start", "err", err)
 	}
 	ids, _ := sp.Pending()
 	log.Info("stopped", "spooled", len(ids), "spoolBytes", sp.Bytes())
@@ -156,35 +148,6 @@ func openSpool(log *slog.Logger, dir string, bound int64, m *metrics.Metrics) (*
 		return nil, fmt.Errorf("no usable spool directory: %w", errors.Join(err, err2))
 	}
 	return sp, nil
-}
-
-// upload opens the storage and drains the spool into it until ctx is done.
-// Opening is retried (an S3 client needs its region and credentials chain);
-// a panic in the uploader is logged and the uploader restarted.
-func upload(ctx context.Context, log *slog.Logger, sp *spool.Spool, rawURL string) {
-	backoff := time.Second
-	for ctx.Err() == nil {
-		st, err := store.Open(ctx, rawURL)
-		if err != nil {
-			log.Error("cannot open the storage; captures stay in the spool", "storage", store.RedactURL(rawURL), "err", err, "retryIn", backoff)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, time.Minute)
-			continue
-		}
-		func() {
-			defer func() {
-				if p := recover(); p != nil {
-					log.Error("uploader panicked; restarting it", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-					time.Sleep(time.Second)
-				}
-			}()
-			sp.Run(ctx, st)
-		}()
-	}
 }
 
 // limitSelf bounds the sidecar's own memory and CPU: GOMEMLIMIT and

@@ -193,9 +193,15 @@ func serve(log *slog.Logger, ln net.Listener, h http.Handler) {
 	}
 }
 
-// acceptSilently holds every connection open without reading or writing.
+// acceptSilently holds every connection open without reading or writing,
+// until the listener closes.
 func acceptSilently(ln net.Listener) {
 	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
 	for {
 		c, err := ln.Accept()
 		if err != nil {

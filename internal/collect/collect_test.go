@@ -49,7 +49,13 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	go func() {
+		// Held open, never answered, until the listener closes.
 		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
 		for {
 			c, err := silent.Accept()
 			if err != nil {
