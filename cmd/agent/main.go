@@ -24,6 +24,7 @@ import (
 	"github.com/heapwatch/heapwatch/internal/nodemem"
 	"github.com/heapwatch/heapwatch/internal/pprof"
 	"github.com/heapwatch/heapwatch/internal/procfs"
+	"github.com/heapwatch/heapwatch/internal/ship"
 	"github.com/heapwatch/heapwatch/internal/spool"
 	"github.com/heapwatch/heapwatch/internal/trigger"
 	"github.com/heapwatch/heapwatch/internal/watch"
@@ -92,12 +93,7 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 		"storage", store.RedactURL(c.Storage), "interval", c.Interval, "growthStep", c.GrowthStep,
 		"thresholdBytes", c.ThresholdBytes, "horizon", c.Horizon, "memTotal", mem.MemTotal)
 
-	uploadCtx, stopUpload := context.WithCancel(context.Background())
-	uploaded := make(chan struct{})
-	go func() {
-		defer close(uploaded)
-		upload(uploadCtx, log, sp, c.Storage)
-	}()
+	shipper := ship.Start(sp, ship.Options{Storage: c.Storage, Log: log})
 	w := watch.New(watch.Options{
 		Trigger:  triggerOptions(c),
 		Discover: watch.NewHostDaemons(proc, c.NodeName, specs),
@@ -111,29 +107,14 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 	log.Info("shutting down", "grace", c.Grace)
 	deadline := time.Now().Add(c.Grace)
 	d.close(c.Grace / 2)
-	stopUpload()
-	<-uploaded
 	flushCtx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	if st, err := store.Open(flushCtx, c.Storage); err == nil {
-		if err := sp.Flush(flushCtx, st); err != nil {
-			log.Warn("captures left in the spool for the next start", "err", err)
-		}
+	if err := shipper.Stop(flushCtx); err != nil {
+		log.Warn("captures left in the spool for the next start", "err", err)
 	}
 	ids, _ := sp.Pending()
 	log.Info("stopped", "spooled", len(ids), "spoolBytes", sp.Bytes())
 	return nil
-}
-
-// upload stores what the spool holds until ctx is done.
-// TODO(l7): the shipping package replaces this (retry, backoff, drain).
-func upload(ctx context.Context, log *slog.Logger, sp *spool.Spool, rawURL string) {
-	st, err := store.Open(ctx, rawURL)
-	if err != nil {
-		log.Error("cannot open the storage; captures stay in the spool", "storage", store.RedactURL(rawURL), "err", err)
-		return
-	}
-	sp.Run(ctx, st)
 }
 
 // triggerOptions: daemons usually have no limit, so what fires is the

@@ -20,6 +20,7 @@ import (
 	"github.com/heapwatch/heapwatch/internal/metrics"
 	"github.com/heapwatch/heapwatch/internal/nodemem"
 	"github.com/heapwatch/heapwatch/internal/procfs"
+	"github.com/heapwatch/heapwatch/internal/ship"
 	"github.com/heapwatch/heapwatch/internal/spool"
 	"github.com/heapwatch/heapwatch/internal/testkit"
 	"github.com/heapwatch/heapwatch/internal/watch"
@@ -131,13 +132,13 @@ func testBaseline(t *testing.T, stepAfterMiss bool) {
 		t.Fatal(err)
 	}
 	defer d.close(time.Second)
-	st, err := store.Open(context.Background(), "file://"+filepath.Join(dir, "store"))
+	storage := "file://" + filepath.Join(dir, "store")
+	shipper := ship.Start(sp, ship.Options{Storage: storage, Log: slog.New(slog.DiscardHandler)})
+	defer func() { _ = shipper.Stop(context.Background()) }()
+	st, err := store.Open(context.Background(), storage)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go sp.Run(ctx, st)
 
 	late := watch.Container{Name: "late", Target: capture.Daemon{Node: "n1", Name: "late"}, PIDs: []int{os.Getpid()}}
 	event := func(kind string, usage uint64) watch.Event {
