@@ -76,14 +76,6 @@ func (c *watched) container() Container {
 	return c.c
 }
 
-func (c *watched) status() Status {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ct := c.c
-	ct.PIDs = slices.Clone(ct.PIDs)
-	return Status{Container: ct, Last: c.last}
-}
-
 func (c *watched) setPIDs(pids []int) {
 	c.mu.Lock()
 	changed := !slices.Equal(c.c.PIDs, pids)

@@ -127,12 +127,6 @@ const (
 	defaultInterval = 100 * time.Millisecond // trigger.Options' default
 )
 
-// Status is a container's latest state, for metrics and debugging.
-type Status struct {
-	Container Container
-	Last      Sample
-}
-
 // Watcher discovers and watches containers.
 type Watcher struct {
 	o   Options
@@ -238,30 +232,6 @@ func (w *Watcher) Run(ctx context.Context) error {
 // settleFor is how long the watcher keeps scanning at every interval after
 // a new process or a lost container.
 const settleFor = time.Second
-
-// Snapshot returns the latest state of every watched container.
-func (w *Watcher) Snapshot() []Status {
-	w.mu.Lock()
-	list := make([]*watched, 0, len(w.containers))
-	for _, c := range w.containers {
-		list = append(list, c)
-	}
-	w.mu.Unlock()
-	out := make([]Status, 0, len(list))
-	for _, c := range list {
-		out = append(out, c.status())
-	}
-	slices.SortFunc(out, func(a, b Status) int {
-		if a.Container.Name < b.Container.Name {
-			return -1
-		}
-		if a.Container.Name > b.Container.Name {
-			return 1
-		}
-		return 0
-	})
-	return out
-}
 
 func (w *Watcher) requestRescan() {
 	select {
