@@ -49,9 +49,17 @@ func TestAgentLeakingHostDaemon(t *testing.T) {
 	if err := agent.Start(); err != nil {
 		t.Fatal(err)
 	}
+	exited := make(chan struct{})
+	go func() { _ = agent.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		_ = agent.Process.Signal(syscall.SIGTERM)
-		_ = agent.Wait()
+		select {
+		case <-exited:
+		case <-time.After(20 * time.Second):
+			t.Error("the agent did not stop on SIGTERM within 20 s")
+			_ = agent.Process.Kill()
+			<-exited
+		}
 		if t.Failed() {
 			t.Logf("agent log:\n%s", logs.String())
 		}
