@@ -100,6 +100,18 @@ type Options struct {
 	// OnUnwatched, if set, is called with the containers not watched
 	// whenever that list changes (for metrics).
 	OnUnwatched func([]Unwatched)
+	// NodeMemory, if set, is the limit the trigger compares a group
+	// without one against (the agent: the node's MemTotal).
+	NodeMemory uint64
+	// ReadOnly: never write to a watched cgroup, so no v1 kernel
+	// notification (they are registered by writing cgroup.event_control);
+	// the agent never writes to a host daemon's cgroup.
+	ReadOnly bool
+	// CgroupRoot, if set, is where groups' cgroups are opened (the host's
+	// cgroupfs as mounted for the agent: <root>/memory/<path> on v1,
+	// <root>/<path> on v2) instead of through a member's /proc/<pid>/root,
+	// which needs ptrace access to the member.
+	CgroupRoot string
 }
 
 const (
