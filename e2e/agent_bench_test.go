@@ -113,8 +113,10 @@ func BenchmarkAgentCPU(b *testing.B) {
 	}
 	f0, _ := cpuTime(fpid)
 	g0, _ := cpuTime(gpid)
+	forks0 := forks(b)
 	start := time.Now()
 	time.Sleep(window)
+	forked := forks(b) - forks0
 	a1, err := cpuTime(pid)
 	if err != nil {
 		b.Fatalf("agent: %v\n%s", err, logs)
@@ -150,12 +152,33 @@ func BenchmarkAgentCPU(b *testing.B) {
 	b.ReportMetric(float64(rss)/(1<<20), "rss-MiB")
 	b.ReportMetric(float64(hwm)/(1<<20), "peak-rss-MiB")
 	b.ReportMetric(float64(grss)/(1<<20), "gofloor-rss-MiB")
+	// Every process started on the host is one the agent may look at.
+	b.ReportMetric(float64(forked)/elapsed.Seconds(), "host-forks/s")
 	b.ReportMetric(0, "ns/op")
 	b.Logf("agent: %.3f %% of one core (target < %.1f %%), RSS %.1f MiB, peak %.1f MiB (target < %d MiB); Go floor %.3f %%, %.1f MiB",
 		cpu, agentCPUTarget, float64(rss)/(1<<20), float64(hwm)/(1<<20), agentRSSTarget, g1.sub(g0).runPct(elapsed), float64(grss)/(1<<20))
 	if strings.Contains(logs.String(), `"level":"ERROR"`) {
 		b.Errorf("the agent logged errors:\n%s", logs)
 	}
+}
+
+// forks reads the host's count of processes created since boot.
+func forks(b *testing.B) uint64 {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, "processes "); ok {
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return n
+		}
+	}
+	b.Fatal("no processes line in /proc/stat")
+	return 0
 }
 
 // rmCgroups removes a cgroup directory and its children, deepest first.
