@@ -35,6 +35,7 @@ type config struct {
 	SpoolBytes  int64
 	ConfigFile  string
 	Interval    time.Duration
+	Rescan      time.Duration
 	// ThresholdBytes fires "absolute" captures (0: none).
 	ThresholdBytes uint64
 	// GrowthStep: a baseline capture at start, then one at every step.
@@ -104,6 +105,7 @@ var builtIn = []daemonConfig{
 // Flag defaults.
 const (
 	defaultInterval    = time.Second
+	defaultRescan      = 10 * time.Second
 	defaultHorizon     = 30 * time.Minute
 	defaultCooldown    = time.Minute
 	defaultMaxPerHour  = 20
@@ -136,6 +138,7 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	})
 	fs.StringVar(&c.ConfigFile, "config", "", "YAML file listing daemons to watch: {daemons: [{name, exe, cgroup, pprof, bearerTokenFile}]}")
 	fs.DurationVar(&c.Interval, "interval", defaultInterval, "sampling interval of each daemon's memory")
+	fs.DurationVar(&c.Rescan, "rescan", defaultRescan, "how often the process list is read for daemons that started (a restart is seen within a second)")
 	fs.Func("threshold-bytes", "capture when a daemon's memory reaches this many bytes (e.g. 2GiB; 0: none)", func(v string) error {
 		b, err := parseBytes(v)
 		c.ThresholdBytes = b
@@ -211,6 +214,8 @@ func (c config) validate() error {
 		return fmt.Errorf("--node-name %q: only letters, digits, '.', '_' and '-'", c.NodeName)
 	case c.Interval <= 0:
 		return fmt.Errorf("--interval %v: must be positive", c.Interval)
+	case c.Rescan <= 0:
+		return fmt.Errorf("--rescan %v: must be positive", c.Rescan)
 	case c.Horizon < 0:
 		return fmt.Errorf("--horizon %v: must not be negative", c.Horizon)
 	case c.Cooldown < 0:

@@ -30,6 +30,7 @@ func TestFlags(t *testing.T) {
 		{[]string{"--node-name", "n2"}, func(c config) any { return c.NodeName }, "n2"},
 		{nil, func(c config) any { return c.Interval }, time.Second},
 		{[]string{"--interval", "250ms"}, func(c config) any { return c.Interval }, 250 * time.Millisecond},
+		{nil, func(c config) any { return c.Rescan }, 10 * time.Second},
 		{[]string{"--storage", "file:///tmp/x"}, func(c config) any { return c.Storage }, "file:///tmp/x"},
 		{[]string{"--metrics-bind-address", "127.0.0.1:1"}, func(c config) any { return c.MetricsAddr }, "127.0.0.1:1"},
 		{nil, func(c config) any { return c.GrowthStep }, Step{Ratio: 0.25}},
@@ -69,6 +70,7 @@ func TestBadFlags(t *testing.T) {
 	}{
 		{[]string{"--interval", "0s"}, "--interval"},
 		{[]string{"--interval", "soon"}, "-interval"},
+		{[]string{"--rescan", "0s"}, "--rescan"},
 		{[]string{"--growth-step", "lots"}, "-growth-step"},
 		{[]string{"--growth-step", "-5%"}, "-growth-step"},
 		{[]string{"--threshold-bytes", "-1"}, "-threshold-bytes"},

@@ -101,7 +101,7 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 	w := watch.New(watch.Options{
 		Trigger:  triggerOptions(c),
 		Discover: watch.NewHostDaemons(proc, c.NodeName, specs),
-		OnSample: d.sample, NodeMemory: mem.MemTotal, ReadOnly: true, CgroupRoot: c.CgroupRoot,
+		OnSample: d.sample, NodeMemory: mem.MemTotal, ReadOnly: true, CgroupRoot: c.CgroupRoot, NoProbe: true, Rescan: c.Rescan,
 	}, proc, d, log)
 	if err := w.Run(ctx); err != nil && ctx.Err() == nil {
 		log.Error("watching stopped; captures already taken are still uploaded", "err", err)

@@ -8,20 +8,22 @@ import (
 // steps leaves a series for a slow leak of a target without a limit (a
 // host daemon): a "baseline" capture at its first sample, then a "step"
 // capture each time usage reaches the next level of a grid anchored at
-// the baseline: baseline×(1+StepRatio)^k, or baseline+k×StepBytes. A jump
-// over several levels takes one capture; a fall never re-arms a level
-// already passed, so the series grows with the leak only. Diffing its
-// first and latest capture shows what grew.
+// the baseline: each level StepRatio above the previous one (but at least
+// minStep), or StepBytes above it. A jump over several levels takes one
+// capture; a fall never re-arms a level already passed, so the series
+// grows with the leak only. Diffing its first and latest capture shows
+// what grew.
 type steps struct {
 	o       Options
 	started bool
-	base    float64 // the baseline's usage, at least minStepBase
+	base    float64 // the baseline's usage
 	next    float64 // the level the next step fires at
 	k       int     // the grid index of next
 }
 
-// minStepBase keeps the ratio grid moving when the baseline reads 0.
-const minStepBase = 1 << 20
+// minStep is the smallest ratio step: a daemon just (re)started grows by
+// a few MiB as it initialises, which is no series worth taking.
+const minStep = 16 << 20
 
 func (o Options) stepsOn() bool { return o.StepRatio > 0 || o.StepBytes > 0 }
 
@@ -39,17 +41,18 @@ func (st *steps) upcoming(_ uint64, add func(float64)) {
 
 func (st *steps) rearm(Sample, *window) {}
 
-// level is the k-th level of the grid.
-func (st *steps) level(k int) float64 {
+// above is the level of the grid after level.
+func (st *steps) above(level float64) float64 {
 	if st.o.StepRatio > 0 {
-		return st.base * math.Pow(1+st.o.StepRatio, float64(k))
+		return math.Max(level*(1+st.o.StepRatio), level+minStep)
 	}
-	return st.base + float64(k)*float64(st.o.StepBytes)
+	return level + float64(st.o.StepBytes)
 }
 
 // advance moves next to the first level above usage.
 func (st *steps) advance(usage float64) {
-	for st.next = st.level(st.k); st.next <= usage; st.next = st.level(st.k) {
+	for st.next <= usage {
+		st.next = st.above(st.next)
 		st.k++
 	}
 }
@@ -57,8 +60,8 @@ func (st *steps) advance(usage float64) {
 func (st *steps) fire(s Sample, _ *window) (Decision, bool) {
 	u := float64(s.Usage)
 	if !st.started {
-		st.started, st.base, st.k = true, math.Max(u, minStepBase), 1
-		st.advance(u)
+		st.started, st.base, st.next = true, u, st.above(u)
+		st.k = 1
 		return Decision{Kind: KindBaseline, Reason: fmt.Sprintf("baseline usage %s; next capture at %s (%s)",
 			fmtBytes(u), fmtBytes(st.next), st.stepText())}, true
 	}
@@ -68,12 +71,12 @@ func (st *steps) fire(s Sample, _ *window) (Decision, bool) {
 	reached := st.k
 	st.advance(u)
 	return Decision{Kind: KindStep, Reason: fmt.Sprintf("usage %s is %+.0f%% over the baseline %s (step %d of %s); next capture at %s",
-		fmtBytes(u), (u/st.base-1)*100, fmtBytes(st.base), reached, st.stepText(), fmtBytes(st.next))}, true
+		fmtBytes(u), (u/max(st.base, 1)-1)*100, fmtBytes(st.base), reached, st.stepText(), fmtBytes(st.next))}, true
 }
 
 func (st *steps) stepText() string {
 	if st.o.StepRatio > 0 {
-		return fmt.Sprintf("+%g%%", st.o.StepRatio*100)
+		return fmt.Sprintf("+%g%%, at least %s", st.o.StepRatio*100, fmtBytes(minStep))
 	}
 	return "+" + fmtBytes(float64(st.o.StepBytes))
 }

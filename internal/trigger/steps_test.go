@@ -42,11 +42,21 @@ func TestSteps(t *testing.T) {
 			},
 		},
 		{
+			name: "a ratio step is at least 16 MiB", opts: Options{StepRatio: 0.25},
+			steps: []step{
+				{0, 2, "ship baseline"},
+				{time.Second, 17, ""},
+				{2 * time.Second, 18, "ship step"},
+				{3 * time.Second, 33, ""},
+				{4 * time.Second, 34, "ship step"},
+			},
+		},
+		{
 			name: "cooldown keeps a step locally", opts: Options{StepRatio: 0.1, Cooldown: time.Minute},
 			steps: []step{
 				{0, 100, "ship baseline"},
-				{time.Second, 111, "hold step (cooldown)"},
-				{2 * time.Minute, 122, "ship step"},
+				{time.Second, 117, "hold step (cooldown)"}, // 100+16 MiB: the minimum step
+				{2 * time.Minute, 140, "ship step"},
 			},
 		},
 		{
@@ -76,7 +86,7 @@ func TestStepsReason(t *testing.T) {
 	tr := New(Options{StepRatio: 0.25})
 	clk := newFakeClock()
 	d := tr.Observe(Sample{Time: clk.at(0), Usage: 100 * mib})
-	if want := "baseline usage 100MiB; next capture at 125MiB (+25%)"; d.Reason != want {
+	if want := "baseline usage 100MiB; next capture at 125MiB (+25%, at least 16MiB)"; d.Reason != want {
 		t.Errorf("baseline reason %q, want %q", d.Reason, want)
 	}
 	d = tr.Observe(Sample{Time: clk.at(time.Second), Usage: 130 * mib})

@@ -112,6 +112,11 @@ type Options struct {
 	// <root>/<path> on v2) instead of through a member's /proc/<pid>/root,
 	// which needs ptrace access to the member.
 	CgroupRoot string
+	// NoProbe: rescan only every Rescan, not also when a new process
+	// appears. On a host processes come and go all the time; a daemon
+	// that restarts is found when its old process is seen gone (within a
+	// second), a new one within one Rescan.
+	NoProbe bool
 }
 
 const (
@@ -182,10 +187,13 @@ func (w *Watcher) Run(ctx context.Context) error {
 		return err
 	}
 	w.sampler = s
-	probe := newProbe(w.fs.Root())
+	probe := &probe{}
+	if !w.o.NoProbe {
+		probe = newProbe(w.fs.Root())
+	}
 	defer probe.close()
 	rescan := w.o.Rescan
-	if !probe.ok() {
+	if !probe.ok() && !w.o.NoProbe {
 		rescan = min(rescan, time.Second)
 	}
 	var wg sync.WaitGroup
