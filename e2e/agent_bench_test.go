@@ -46,10 +46,6 @@ func BenchmarkAgentCPU(b *testing.B) {
 		}
 	}
 	dir := b.TempDir()
-	agent := filepath.Join(dir, "agent")
-	if msg, err := exec.Command("go", "build", "-o", agent, "../cmd/agent").CombinedOutput(); err != nil {
-		b.Fatalf("go build ../cmd/agent: %v\n%s", err, msg)
-	}
 	floor, gofloor := buildFloor(b), buildGoFloor(b)
 
 	// The daemons' cgroups: /hw-bench-<pid>/<name>.service in the v1
@@ -81,7 +77,7 @@ func BenchmarkAgentCPU(b *testing.B) {
 	}
 	storage := "file://" + filepath.Join(dir, "captures")
 	logs := &testkit.Buffer{}
-	cmd := exec.Command(agent, "--node-name", "bench", "--storage", storage, "--spool-dir", filepath.Join(dir, "spool"),
+	cmd := exec.Command(agentBin, "--node-name", "bench", "--storage", storage, "--spool-dir", filepath.Join(dir, "spool"),
 		"--metrics-bind-address", "", "--builtin-daemons=false", "--config", cfg)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
