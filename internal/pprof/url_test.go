@@ -380,8 +380,9 @@ func TestURLHTTPSBearerToken(t *testing.T) {
 		want string
 	}{
 		{URLOptions{BearerTokenFile: token, CAFile: ca, ServerName: "example.com"}, ""},
-		{URLOptions{BearerTokenFile: token, CAFile: ca, ServerName: "node-a"}, "not node-a"},
+		{URLOptions{BearerTokenFile: token, CAFile: ca, ServerName: "node-a"}, "set serverName"},
 		{URLOptions{BearerTokenFile: token}, "certificate signed by unknown authority"},
+		{URLOptions{BearerTokenFile: token}, "set caFile"},
 		{URLOptions{BearerTokenFile: token, InsecureSkipVerify: true}, ""},
 	} {
 		s, logs := newURL(t, raw, tc.o)
