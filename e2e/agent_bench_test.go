@@ -15,6 +15,7 @@ import (
 	"github.com/heapwatch/heapwatch/capture/catalog"
 	"github.com/heapwatch/heapwatch/internal/cgroup"
 	"github.com/heapwatch/heapwatch/internal/containerdtest"
+	"github.com/heapwatch/heapwatch/internal/podsim"
 	"github.com/heapwatch/heapwatch/internal/procfs"
 	"github.com/heapwatch/heapwatch/internal/testkit"
 )
@@ -39,6 +40,9 @@ const (
 // program costs. Targets: cpu-% < 0.2, rss-MiB < 40.
 func BenchmarkAgentCPU(b *testing.B) {
 	requirePods(b)
+	if podsim.CgroupVersion() != 1 {
+		b.Skip("the daemons' service cgroups are made in the host's v1 memory hierarchy")
+	}
 	window := 40 * time.Second
 	if v := os.Getenv("HEAPWATCH_CPU_WINDOW"); v != "" {
 		if d, err := time.ParseDuration(v); err == nil {
@@ -50,7 +54,7 @@ func BenchmarkAgentCPU(b *testing.B) {
 
 	// The daemons' cgroups: /hw-bench-<pid>/<name>.service in the v1
 	// memory hierarchy, removed after their containerd stopped.
-	root := fmt.Sprintf("/sys/fs/cgroup/memory/hw-bench-%d", os.Getpid())
+	root := filepath.Join(podsim.MemoryRoot, fmt.Sprintf("hw-bench-%d", os.Getpid()))
 	if err := os.Mkdir(root, 0o755); err != nil {
 		b.Fatal(err)
 	}
@@ -66,7 +70,7 @@ func BenchmarkAgentCPU(b *testing.B) {
 		c := containerdtest.Start(b, containerdtest.Options{Started: func(pid int) error {
 			return os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644)
 		}})
-		fmt.Fprintf(&config, "- name: %s\n  cgroup: %s\n  pprof: unix://%s\n", name, strings.TrimPrefix(cg, "/sys/fs/cgroup/memory"), c.DebugSocket)
+		fmt.Fprintf(&config, "- name: %s\n  cgroup: %s\n  pprof: unix://%s\n", name, strings.TrimPrefix(cg, podsim.MemoryRoot), c.DebugSocket)
 		for _, f := range cgroup.SampleFiles(cgroup.V1) {
 			files = append(files, filepath.Join(cg, f))
 		}
