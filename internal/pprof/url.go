@@ -122,6 +122,9 @@ func NewURL(pprofURL string, o URLOptions) (*URL, error) {
 		if !path.IsAbs(u.Path) || u.Path == "/" {
 			return nil, bad("want unix:///absolute/path/to.sock")
 		}
+		if tlsSet(o) {
+			return nil, bad("TLS settings given for a unix socket")
+		}
 		// The socket is the whole address: pprof is at its default path.
 		co.Socket, co.Path = u.Path, DefaultPath
 		s.host = "localhost"
@@ -147,7 +150,7 @@ func NewURL(pprofURL string, o URLOptions) (*URL, error) {
 			if o.BearerTokenFile != "" {
 				return nil, bad("a bearer token is sent over https or a unix socket only, never in clear text")
 			}
-			if o.CAFile != "" || o.InsecureSkipVerify {
+			if tlsSet(o) {
 				return nil, bad("TLS settings given for a plain http URL")
 			}
 		}
@@ -185,6 +188,9 @@ func NewURL(pprofURL string, o URLOptions) (*URL, error) {
 	s.o = o
 	return s, nil
 }
+
+// tlsSet reports TLS settings, which only an https URL uses.
+func tlsSet(o URLOptions) bool { return o.CAFile != "" || o.ServerName != "" || o.InsecureSkipVerify }
 
 // knownProfile reports the names of Go's runtime profiles.
 func knownProfile(name string) bool {

@@ -158,6 +158,8 @@ func TestNewURLRejects(t *testing.T) {
 		{"https://user:pw@127.0.0.1:10250/debug/pprof", URLOptions{}, "credentials in the URL"},
 		{"http://127.0.0.1:6060/debug/pprof", URLOptions{BearerTokenFile: token}, "never in clear text"},
 		{"http://127.0.0.1:6060/debug/pprof", URLOptions{CAFile: token}, "TLS settings"},
+		{"http://127.0.0.1:6060/debug/pprof", URLOptions{ServerName: "node-a"}, "TLS settings"},
+		{"unix:///run/containerd/debug.sock", URLOptions{InsecureSkipVerify: true}, "TLS settings given for a unix socket"},
 		{"https://127.0.0.1:10250/debug/pprof", URLOptions{BearerTokenFile: filepath.Join(dir, "missing")}, "bearer token: open"},
 		{"https://127.0.0.1:10250/debug/pprof", URLOptions{BearerTokenFile: empty}, "is empty"},
 		{"https://127.0.0.1:10250/debug/pprof", URLOptions{CAFile: token}, "holds no PEM certificate"},
