@@ -36,8 +36,9 @@ const defaultStorageDir = "heapwatch-dumps"
 // rootLong is the top of 'heapwatch help'; cobra adds the commands and flags.
 const rootLong = `heapwatch lists and opens the heap profiles captured by the heapwatch sidecar.
 
-<capture> is an ID printed by ls (namespace/pod/container/<time>-<trigger>) or
-any prefix of exactly one ID.
+<capture> is an ID printed by ls (namespace/pod/container/<time>-<trigger>, or
+_node/<node>/<daemon>/<time>-<trigger> for a host daemon) or any prefix of
+exactly one ID.
 
 Storage (--storage, or $HEAPWATCH_STORAGE; default file://$PWD/heapwatch-dumps):
   file:///absolute/dir

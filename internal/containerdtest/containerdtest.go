@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,6 +29,11 @@ type Options struct {
 	// NoDebug leaves the [debug] address out of the configuration, as
 	// containerd ships by default: no debug socket.
 	NoDebug bool
+	// Exe, when set, runs containerd from a copy of the binary under this
+	// file name in Dir: a test that finds its daemon by executable name
+	// then finds this containerd, not another test's running at the same
+	// time. Keep it within 15 bytes (comm).
+	Exe string
 	// Started, when set, is called with each new containerd process
 	// before Start or Restart waits for it to answer: e.g. to move it into
 	// a memory cgroup that stands for containerd.service.
@@ -110,6 +116,12 @@ func Start(t testing.TB, o Options) *Containerd {
 	})
 	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(config(dir, !o.NoDebug)), 0o600); err != nil {
 		t.Fatal(err)
+	}
+	if o.Exe != "" {
+		c.Bin = filepath.Join(dir, o.Exe)
+		if err := copyFile(bins.Containerd, c.Bin); err != nil {
+			t.Fatal(err)
+		}
 	}
 	c.start()
 	return c
@@ -210,4 +222,25 @@ func (c *Containerd) dumpLog() {
 		b = b[len(b)-8<<10:]
 	}
 	c.t.Logf("containerd's log (tail):\n%s", b)
+}
+
+// copyFile links from at to, or copies it across file systems.
+func copyFile(from, to string) error {
+	if os.Link(from, to) == nil {
+		return nil
+	}
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(to, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return fmt.Errorf("containerdtest: copying %s: %w", from, err)
+	}
+	return out.Close()
 }

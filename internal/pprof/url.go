@@ -34,7 +34,7 @@ type URL struct {
 	raw    string // as configured, for logs and errors
 	host   string // what the client is given as address
 	port   int
-	hint   func(error) string
+	hints  []func(error) string // what to do about a failure, first that knows
 	client *Client
 	o      URLOptions
 
@@ -111,7 +111,7 @@ func NewURL(pprofURL string, o URLOptions) (*URL, error) {
 	if o.RetryAfter <= 0 {
 		o.RetryAfter = DefaultRediscoverAfter
 	}
-	s := &URL{raw: pprofURL, hint: func(error) string { return "" }}
+	s := &URL{raw: pprofURL}
 	co := o.Client
 	co.Socket, co.TLS, co.Authorize = "", nil, nil
 	switch u.Scheme {
@@ -122,10 +122,13 @@ func NewURL(pprofURL string, o URLOptions) (*URL, error) {
 		if !path.IsAbs(u.Path) || u.Path == "/" {
 			return nil, bad("want unix:///absolute/path/to.sock")
 		}
+		if tlsSet(o) {
+			return nil, bad("TLS settings given for a unix socket")
+		}
 		// The socket is the whole address: pprof is at its default path.
 		co.Socket, co.Path = u.Path, DefaultPath
 		s.host = "localhost"
-		s.hint = socketHint(u.Path)
+		s.hints = append(s.hints, socketHint(u.Path))
 	case "http", "https":
 		if u.Hostname() == "" {
 			return nil, bad("no host")
@@ -142,11 +145,12 @@ func NewURL(pprofURL string, o URLOptions) (*URL, error) {
 		}
 		if u.Scheme == "https" {
 			co.TLS = tlsConfig(u.Hostname(), o)
+			s.hints = append(s.hints, tlsHint)
 		} else {
 			if o.BearerTokenFile != "" {
 				return nil, bad("a bearer token is sent over https or a unix socket only, never in clear text")
 			}
-			if o.CAFile != "" || o.InsecureSkipVerify {
+			if tlsSet(o) {
 				return nil, bad("TLS settings given for a plain http URL")
 			}
 		}
@@ -168,12 +172,12 @@ func NewURL(pprofURL string, o URLOptions) (*URL, error) {
 			r.Header.Set("Authorization", "Bearer "+tok)
 			return nil
 		}
-		s.hint = func(err error) string {
+		s.hints = append(s.hints, func(err error) string {
 			if errors.Is(err, ErrRefused) {
 				return "the endpoint refused the token in " + file + ": check that it is current and that its ServiceAccount may get nodes/proxy (the kubelet's /debug/pprof)"
 			}
 			return ""
-		}
+		})
 	}
 	if o.CAFile != "" {
 		if _, err := loadPool(o.CAFile); err != nil {
@@ -184,6 +188,9 @@ func NewURL(pprofURL string, o URLOptions) (*URL, error) {
 	s.o = o
 	return s, nil
 }
+
+// tlsSet reports TLS settings, which only an https URL uses.
+func tlsSet(o URLOptions) bool { return o.CAFile != "" || o.ServerName != "" || o.InsecureSkipVerify }
 
 // knownProfile reports the names of Go's runtime profiles.
 func knownProfile(name string) bool {
@@ -208,6 +215,30 @@ func socketHint(sock string) func(error) string {
 		}
 		return ""
 	}
+}
+
+// tlsHint says what to configure when the server's certificate is not
+// trusted: the usual first failure against a kubelet.
+func tlsHint(err error) string {
+	var unknown x509.UnknownAuthorityError
+	var host x509.HostnameError
+	switch {
+	case errors.As(err, &unknown):
+		return "the server's certificate is not signed by a trusted CA: set caFile (a kubelet with serverTLSBootstrap: the cluster CA, the ServiceAccount's ca.crt; with its self-signed certificate: /var/lib/kubelet/pki/kubelet.crt)"
+	case errors.As(err, &host):
+		return "the server's certificate does not name the host dialled: set serverName to a name it carries (a kubelet's: the node's name)"
+	}
+	return ""
+}
+
+// hint is the first hint that knows err.
+func (s *URL) hint(err error) string {
+	for _, h := range s.hints {
+		if m := h(err); m != "" {
+			return m
+		}
+	}
+	return ""
 }
 
 // readToken reads a bearer token file, bounded.

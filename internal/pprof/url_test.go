@@ -46,16 +46,22 @@ func proc(t *testing.T) procfs.FS {
 	return fs
 }
 
-// unixListener listens on a fresh socket in a temp dir (short path: a
-// socket path is limited to 108 bytes).
-func unixListener(t *testing.T) (net.Listener, string) {
+// sockDir is a fresh temp dir with a short path: a socket path is limited
+// to 108 bytes, which t.TempDir's long names can exceed.
+func sockDir(t *testing.T) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "hw-sock-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "debug.sock")
+	return dir
+}
+
+// unixListener listens on a fresh socket.
+func unixListener(t *testing.T) (net.Listener, string) {
+	t.Helper()
+	sock := filepath.Join(sockDir(t), "debug.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
@@ -152,6 +158,8 @@ func TestNewURLRejects(t *testing.T) {
 		{"https://user:pw@127.0.0.1:10250/debug/pprof", URLOptions{}, "credentials in the URL"},
 		{"http://127.0.0.1:6060/debug/pprof", URLOptions{BearerTokenFile: token}, "never in clear text"},
 		{"http://127.0.0.1:6060/debug/pprof", URLOptions{CAFile: token}, "TLS settings"},
+		{"http://127.0.0.1:6060/debug/pprof", URLOptions{ServerName: "node-a"}, "TLS settings"},
+		{"unix:///run/containerd/debug.sock", URLOptions{InsecureSkipVerify: true}, "TLS settings given for a unix socket"},
 		{"https://127.0.0.1:10250/debug/pprof", URLOptions{BearerTokenFile: filepath.Join(dir, "missing")}, "bearer token: open"},
 		{"https://127.0.0.1:10250/debug/pprof", URLOptions{BearerTokenFile: empty}, "is empty"},
 		{"https://127.0.0.1:10250/debug/pprof", URLOptions{CAFile: token}, "holds no PEM certificate"},
@@ -200,11 +208,7 @@ func TestURLUnixSocket(t *testing.T) {
 // endpoint within the bounds, with a log line saying why (and, for the
 // missing one, how to enable it), once.
 func TestURLBadSockets(t *testing.T) {
-	stale, err := os.MkdirTemp("", "hw-sock-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(stale) })
+	stale := sockDir(t)
 	refused := filepath.Join(stale, "refused.sock")
 	ln, err := net.Listen("unix", refused)
 	if err != nil {
@@ -265,12 +269,7 @@ func TestURLBadSockets(t *testing.T) {
 // new one (another PID) takes the same socket: the source answers for the
 // new process, and its profiles come from it.
 func TestURLDaemonRestarts(t *testing.T) {
-	dir, err := os.MkdirTemp("", "hw-sock-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "debug.sock")
+	sock := filepath.Join(sockDir(t), "debug.sock")
 	s, logs := newURL(t, "unix://"+sock, URLOptions{})
 	ctx := context.Background()
 	start := func() int {
@@ -383,8 +382,9 @@ func TestURLHTTPSBearerToken(t *testing.T) {
 		want string
 	}{
 		{URLOptions{BearerTokenFile: token, CAFile: ca, ServerName: "example.com"}, ""},
-		{URLOptions{BearerTokenFile: token, CAFile: ca, ServerName: "node-a"}, "not node-a"},
+		{URLOptions{BearerTokenFile: token, CAFile: ca, ServerName: "node-a"}, "set serverName"},
 		{URLOptions{BearerTokenFile: token}, "certificate signed by unknown authority"},
+		{URLOptions{BearerTokenFile: token}, "set caFile"},
 		{URLOptions{BearerTokenFile: token, InsecureSkipVerify: true}, ""},
 	} {
 		s, logs := newURL(t, raw, tc.o)
