@@ -248,8 +248,8 @@ func withoutConfigMap(vs []corev1.Volume) []corev1.Volume {
 func TestAgentChartValues(t *testing.T) {
 	objs := renderChart(t, withAgent(map[string]any{
 		"namespace": "node-agents", "createNamespace": false,
-		"image":     map[string]any{"digest": "sha256:0123"},
-		"storage":   "s3://dumps/nodes?region=eu-west-1", "credentialsSecret": "agent-s3",
+		"image":   map[string]any{"digest": "sha256:0123"},
+		"storage": "s3://dumps/nodes?region=eu-west-1", "credentialsSecret": "agent-s3",
 		"flags":       map[string]any{"interval": "5s", "growth-step": "1GiB"},
 		"daemons":     []any{map[string]any{"name": "envoy", "exe": "envoy", "pprof": "http://127.0.0.1:9901/debug/pprof"}},
 		"socketGroup": 1001,
