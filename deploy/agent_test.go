@@ -71,7 +71,7 @@ func strict(t *testing.T, o *unstructured.Unstructured, into any) {
 // agentFlags are the agent's flags (cmd/agent, as listed in TEAM.md's
 // contract): a rendered flag the agent does not know would crash-loop it
 // on every node.
-var agentFlags = []string{"node-name", "storage", "spool-dir", "metrics-bind-address", "proc", "config", "interval",
+var agentFlags = []string{"node-name", "storage", "spool-dir", "spool-bytes", "metrics-bind-address", "proc", "cgroup-root", "config", "interval", "rescan",
 	"threshold-bytes", "growth-step", "horizon", "cooldown", "max-per-hour", "profiles", "builtin-daemons",
 	"shutdown-grace", "max-profile-bytes", "log-level"}
 
@@ -166,7 +166,7 @@ func TestAgentPrivileges(t *testing.T) {
 					mounted[p] = m.MountPath
 				}
 			}
-			if diff := cmp.Diff(map[string]string{"/sys/fs/cgroup": "/sys/fs/cgroup", "/run/containerd": "/run/containerd"}, mounted); diff != "" {
+			if diff := cmp.Diff(map[string]string{"/sys/fs/cgroup": "/sys/fs/cgroup", "/run/containerd": "/run/containerd", "/var/lib/kubelet/pki": "/var/lib/kubelet/pki"}, mounted); diff != "" {
 				t.Errorf("host paths mounted (host: container; -want +got):\n%s", diff)
 			}
 			if c.Resources.Limits.Memory().IsZero() || c.Resources.Requests.Cpu().IsZero() {
