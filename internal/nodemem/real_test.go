@@ -9,36 +9,31 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/heapwatch/heapwatch/internal/cgroup"
+	"github.com/heapwatch/heapwatch/internal/testkit"
 )
 
-// childEnv makes the test binary a process that allocates: each line "N"
-// on its stdin allocates and touches N MiB more, then it answers "ok".
-const childEnv = "HEAPWATCH_NODEMEM_CHILD"
-
 func TestMain(m *testing.M) {
-	if os.Getenv(childEnv) != "" {
-		runChild()
-		return
-	}
+	testkit.RunChild(map[string]func() int{"allocator": runAllocator})
 	os.Exit(m.Run())
 }
 
 var held [][]byte
 
-func runChild() {
+// runAllocator is the child process: each line "N" on its stdin
+// allocates and touches N MiB more, then it answers "ok".
+func runAllocator() int {
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		mib, err := strconv.Atoi(sc.Text())
 		if err != nil {
 			fmt.Println("bad:", err)
-			os.Exit(2)
+			return 2
 		}
 		b := make([]byte, mib<<20)
 		for i := 0; i < len(b); i += 4096 {
@@ -47,7 +42,7 @@ func runChild() {
 		held = append(held, b)
 		fmt.Println("ok")
 	}
-	os.Exit(0)
+	return 0
 }
 
 // allocator is a child process in a memory cgroup of its own.
@@ -62,12 +57,7 @@ type allocator struct {
 // and stops it when the test ends.
 func startAllocator(t *testing.T, dir string) *allocator {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=1")
+	cmd := testkit.Child("allocator")
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -127,9 +117,7 @@ func workingSet(t *testing.T, dir string) uint64 {
 func makeHierarchy(t *testing.T) (root, pod, daemon string) {
 	t.Helper()
 	const v1 = "/sys/fs/cgroup/memory"
-	if os.Geteuid() != 0 {
-		t.Skipf("needs root to make cgroups (uid %d)", os.Geteuid())
-	}
+	testkit.NeedsRoot(t, "to make cgroups")
 	if _, err := os.Stat(filepath.Join(v1, "memory.usage_in_bytes")); err != nil {
 		t.Skipf("needs a cgroup v1 memory hierarchy at %s: %v", v1, err)
 	}
