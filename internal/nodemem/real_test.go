@@ -129,9 +129,11 @@ func makeHierarchy(t *testing.T) (root, pod, daemon string) {
 	dirs := []string{root, filepath.Dir(pod), pod, filepath.Dir(daemon), daemon}
 	t.Cleanup(func() {
 		for i := len(dirs) - 1; i >= 0; i-- {
-			if err := removeCgroup(dirs[i]); err != nil {
-				t.Error(err)
-			}
+			// An exited task leaves its cgroup a moment after it is reaped.
+			testkit.WaitFor(t, 10*time.Second, "cgroup "+dirs[i]+" removed", func() bool {
+				err := os.Remove(dirs[i])
+				return err == nil || errors.Is(err, os.ErrNotExist)
+			})
 		}
 	})
 	for _, d := range dirs {
@@ -140,22 +142,6 @@ func makeHierarchy(t *testing.T) (root, pod, daemon string) {
 		}
 	}
 	return root, pod, daemon
-}
-
-// removeCgroup removes an emptied cgroup; a killed task leaves it a moment
-// after it is reaped.
-func removeCgroup(dir string) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := os.Remove(dir)
-		if err == nil || errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("remove cgroup %s: %w", dir, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // TestRealCgroups: against the real kernel's /proc/meminfo and real
