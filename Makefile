@@ -96,3 +96,4 @@ images: ## Build the container images (needs a Docker engine with buildx).
 	docker buildx build --platform $(PLATFORMS) --build-arg VERSION=$(VERSION) -f Dockerfile.webhook -t $(REGISTRY)/heapwatch-webhook:$(VERSION) .
 	docker buildx build --platform $(PLATFORMS) --build-arg VERSION=$(VERSION) -f Dockerfile.sidecar -t $(REGISTRY)/heapwatch-sidecar:$(VERSION) .
 	docker buildx build --platform $(PLATFORMS) --build-arg VERSION=$(VERSION) -f Dockerfile.controller -t $(REGISTRY)/heapwatch-controller:$(VERSION) .
+	docker buildx build --platform $(PLATFORMS) --build-arg VERSION=$(VERSION) -f Dockerfile.agent -t $(REGISTRY)/heapwatch-agent:$(VERSION) .

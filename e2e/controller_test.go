@@ -115,7 +115,7 @@ func TestControllerRealOOMKill(t *testing.T) {
 	if err := testenv.WriteKubeconfig(env.Config, kubeconfig); err != nil {
 		t.Fatal(err)
 	}
-	out := string(runExplain(t, storage, "explain", "--kubeconfig", kubeconfig, "-n", "e2e", "leaky-0"))
+	out := string(runHeapwatch(t, storage, "explain", "--kubeconfig", kubeconfig, "-n", "e2e", "leaky-0"))
 	for _, want := range []string{"Capture   " + m.ID + " (final before the OOM kill)", "after the capture; 1 restarts",
 		"Timeline  working set (#) against the limit (-)", "Verdict   the Go heap explains", "main.leakLinear"} {
 		if !strings.Contains(out, want) {

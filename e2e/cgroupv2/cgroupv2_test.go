@@ -45,7 +45,9 @@ var suites = []suite{
 	// The controller's test needs kube-apiserver and etcd, which stay on the
 	// host: what the controller reads (pod status, storage) does not depend
 	// on the cgroup version.
-	{"./e2e", "", "^TestControllerRealOOMKill$"},
+	// The agent's host-daemon test makes its service cgroup in the host's
+	// v1 memory hierarchy.
+	{"./e2e", "", "^(TestControllerRealOOMKill|TestAgentLeakingHostDaemon)$"},
 }
 
 // guestDir holds the binaries in the VM.

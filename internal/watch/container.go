@@ -40,7 +40,7 @@ const aliveEvery = time.Second
 type watched struct {
 	w        *Watcher
 	s        *sampler
-	mem      *cgroup.Memory
+	mem      memory
 	notifier *cgroup.Notifier
 	trig     *trigger.Trigger
 	key      string
@@ -212,7 +212,7 @@ func (c *watched) tick(detected time.Time) error {
 	}
 	// The working set, not raw usage, is compared: page cache near the
 	// limit is reclaimed before any OOM kill and is no leak.
-	d := c.trig.Observe(trigger.Sample{Time: s.Time, Usage: s.WorkingSet, Limit: s.Limit})
+	d := c.trig.Observe(trigger.Sample{Time: s.Time, Usage: s.WorkingSet, Limit: c.w.limitOf(s)})
 	if d.Suppressed != "" {
 		h.Suppressed(ct, string(d.Kind), d.Suppressed)
 	}

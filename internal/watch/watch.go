@@ -100,6 +100,23 @@ type Options struct {
 	// OnUnwatched, if set, is called with the containers not watched
 	// whenever that list changes (for metrics).
 	OnUnwatched func([]Unwatched)
+	// NodeMemory, if set, is the limit the trigger compares a group
+	// without one against (the agent: the node's MemTotal).
+	NodeMemory uint64
+	// ReadOnly: never write to a watched cgroup, so no v1 kernel
+	// notification (they are registered by writing cgroup.event_control);
+	// the agent never writes to a host daemon's cgroup.
+	ReadOnly bool
+	// CgroupRoot, if set, is where groups' cgroups are opened (the host's
+	// cgroupfs as mounted for the agent: <root>/memory/<path> on v1,
+	// <root>/<path> on v2) instead of through a member's /proc/<pid>/root,
+	// which needs ptrace access to the member.
+	CgroupRoot string
+	// NoProbe: rescan only every Rescan, not also when a new process
+	// appears. On a host processes come and go all the time; a daemon
+	// that restarts is found when its old process is seen gone (within a
+	// second), a new one within one Rescan.
+	NoProbe bool
 }
 
 const (
@@ -170,10 +187,13 @@ func (w *Watcher) Run(ctx context.Context) error {
 		return err
 	}
 	w.sampler = s
-	probe := newProbe(w.fs.Root())
+	probe := &probe{}
+	if !w.o.NoProbe {
+		probe = newProbe(w.fs.Root())
+	}
 	defer probe.close()
 	rescan := w.o.Rescan
-	if !probe.ok() {
+	if !probe.ok() && !w.o.NoProbe {
 		rescan = min(rescan, time.Second)
 	}
 	var wg sync.WaitGroup
