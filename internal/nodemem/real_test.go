@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/heapwatch/heapwatch/internal/cgroup"
 	"github.com/heapwatch/heapwatch/internal/testkit"
 )
@@ -145,7 +147,7 @@ func makeHierarchy(t *testing.T) (root, pod, daemon string) {
 }
 
 // TestRealCgroups: against the real kernel's /proc/meminfo and real
-// cgroups, a growing host daemon grows the daemons part (and, while it is
+// cgroups, in the exported series, a growing host daemon grows the daemons part (and, while it is
 // not watched, the unaccounted part) and not the pods part; a growing pod
 // grows the pods part and neither the daemons nor the unaccounted part.
 //
@@ -174,18 +176,47 @@ func TestRealCgroups(t *testing.T) {
 	c := NewCollector(r, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	// read returns the parts with the daemon watched, and the same
 	// reading with it not watched.
-	read := func() (watched, unwatched Parts) {
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	// scrape returns the parts as exported, and the daemon's series.
+	scrape := func() (p Parts, daemon float64) {
 		t.Helper()
-		c.SetDaemon("leaky", workingSet(t, daemonDir))
-		p, _, ok, err := c.Read()
-		if err != nil || !ok {
-			t.Fatalf("Read: pods found %v, %v", ok, err)
-		}
-		m, err := r.Meminfo()
+		mfs, err := reg.Gather()
 		if err != nil {
 			t.Fatal(err)
 		}
-		return p, Compute(m, p.Pods, nil)
+		parts := map[string]*uint64{PartTotal: &p.Total, PartUsed: &p.Used, PartPods: &p.Pods,
+			PartDaemons: &p.Daemons, PartKernel: &p.Kernel, PartUnaccounted: &p.Unaccounted}
+		seen := 0
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				switch mf.GetName() {
+				case MetricNode:
+					*parts[m.GetLabel()[0].GetValue()] = uint64(m.GetGauge().GetValue())
+					seen++
+				case MetricDaemon:
+					daemon = m.GetGauge().GetValue()
+				}
+			}
+		}
+		if seen != len(parts) {
+			t.Fatalf("%d node parts exported, want %d (pods found?)", seen, len(parts))
+		}
+		return p, daemon
+	}
+	// read scrapes with the daemon watched (its latest working set handed
+	// in, as the agent does at each sample), then with it not watched.
+	read := func() (watched, unwatched Parts) {
+		t.Helper()
+		ws := workingSet(t, daemonDir)
+		c.SetDaemon("leaky", ws)
+		watched, daemon := scrape()
+		if daemon != float64(ws) {
+			t.Fatalf("%s{daemon=\"leaky\"} = %v, want %d", MetricDaemon, daemon, ws)
+		}
+		c.RemoveDaemon("leaky")
+		unwatched, _ = scrape()
+		return watched, unwatched
 	}
 	delta := func(a, b uint64) int64 { return int64(b) - int64(a) }
 	// settle reads again until the kernel's used figure shows most of the
