@@ -241,11 +241,11 @@ func TestAgentChartValues(t *testing.T) {
 		"flags":       map[string]any{"interval": "5s", "growth-step": "1GiB"},
 		"daemons":     []any{map[string]any{"name": "envoy", "exe": "envoy", "pprof": "http://127.0.0.1:9901/debug/pprof"}},
 		"socketGroup": 1001,
-		"monitoring":  map[string]any{"prometheusRule": true, "ruleLabels": map[string]any{"release": "kps"}, "dashboard": true},
+		"monitoring":  map[string]any{"prometheusRule": true, "ruleLabels": map[string]any{"release": "kps"}, "dashboard": true, "podMonitor": true},
 	}))
 	var ds appsv1.DaemonSet
 	var cm corev1.ConfigMap
-	var rule, dashboard *unstructured.Unstructured
+	var rule, dashboard, podMonitor *unstructured.Unstructured
 	for _, o := range objs {
 		switch {
 		case o.GetKind() == "Namespace" && o.GetName() == "node-agents":
@@ -258,6 +258,8 @@ func TestAgentChartValues(t *testing.T) {
 			dashboard = o
 		case o.GetKind() == "PrometheusRule":
 			rule = o
+		case o.GetKind() == "PodMonitor":
+			podMonitor = o
 		}
 	}
 	c := ds.Spec.Template.Spec.Containers[0]
@@ -284,8 +286,15 @@ func TestAgentChartValues(t *testing.T) {
 	if diff := cmp.Diff([]map[string]string{{"name": "envoy", "exe": "envoy", "pprof": "http://127.0.0.1:9901/debug/pprof"}}, cfg.Daemons); diff != "" {
 		t.Errorf("agent.yaml daemons (-want +got):\n%s", diff)
 	}
-	if rule == nil || dashboard == nil {
-		t.Fatalf("PrometheusRule %v, dashboard %v: both asked for", rule != nil, dashboard != nil)
+	if rule == nil || dashboard == nil || podMonitor == nil {
+		t.Fatalf("PrometheusRule %v, dashboard %v, PodMonitor %v: all asked for", rule != nil, dashboard != nil, podMonitor != nil)
+	}
+	// The PodMonitor scrapes the agent's pods on their metrics port.
+	sel, _, _ := unstructured.NestedStringMap(podMonitor.Object, "spec", "selector", "matchLabels")
+	eps, _, _ := unstructured.NestedSlice(podMonitor.Object, "spec", "podMetricsEndpoints")
+	if !labels.SelectorFromSet(sel).Matches(labels.Set(ds.Spec.Template.Labels)) || len(eps) != 1 ||
+		eps[0].(map[string]any)["port"] != c.Ports[0].Name || podMonitor.GetLabels()["release"] != "kps" {
+		t.Errorf("PodMonitor selector %v, endpoints %v, labels %v: want the agent's pods, port %s", sel, eps, podMonitor.GetLabels(), c.Ports[0].Name)
 	}
 	// The rule's spec is the rule file as it is (parsed by the Prometheus
 	// rule parser in deploy/monitoring).
