@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -123,6 +124,7 @@ func makeHierarchy(t *testing.T) (root, pod, daemon string) {
 	if _, err := os.Stat(filepath.Join(v1, "memory.usage_in_bytes")); err != nil {
 		t.Skipf("needs a cgroup v1 memory hierarchy at %s: %v", v1, err)
 	}
+	removeStale(t, v1)
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
 	root = filepath.Join(v1, "heapwatch-nodemem-"+hex.EncodeToString(suffix))
@@ -144,6 +146,32 @@ func makeHierarchy(t *testing.T) (root, pod, daemon string) {
 		}
 	}
 	return root, pod, daemon
+}
+
+// removeStale removes the hierarchies of earlier runs that were killed
+// before their cleanup ran (their allocators exit when the test's end of
+// their stdin closes): empty groups older than ten minutes, so one of a
+// run going on right now is never touched.
+func removeStale(t *testing.T, v1 string) {
+	dirs, _ := filepath.Glob(filepath.Join(v1, "heapwatch-nodemem-*"))
+	for _, dir := range dirs {
+		if st, err := os.Stat(dir); err != nil || time.Since(st.ModTime()) < 10*time.Minute {
+			continue
+		}
+		var tree []string
+		_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				tree = append(tree, p)
+			}
+			return nil
+		})
+		for i := len(tree) - 1; i >= 0; i-- {
+			if err := os.Remove(tree[i]); err != nil {
+				t.Logf("stale cgroup %s: %v", tree[i], err)
+				break
+			}
+		}
+	}
 }
 
 // TestRealCgroups: against the real kernel's /proc/meminfo and real
