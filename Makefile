@@ -63,6 +63,8 @@ demo: ## See the main job: a leaky app OOM-killed in an emulated pod, its heap p
 .PHONY: test
 test: lint envtest versitygw ## Lint, then run every unit, integration and end-to-end test (root for the cgroup tests).
 	$(TEST_ENV) go test -race -count=1 -p 1 -timeout $(TEST_TIMEOUT) ./...
+	# The agent's PrometheusRule and dashboard, checked with Prometheus's parsers (own module: keeps them out of go.mod).
+	go -C deploy/monitoring test -race -count=1 ./...
 
 # `make test-v2 RUN=TestX` runs only the tests matching TestX in the VM.
 RUN ?=

@@ -210,3 +210,43 @@ func TestReaderErrors(t *testing.T) {
 		t.Errorf("scrape with a broken meminfo: %v, want an error naming it", err)
 	}
 }
+
+// TestCollectorPodsAppear: a node whose kubelet has not made its cgroup
+// yet exports no pods part and says so once; the part comes back as soon
+// as the cgroup exists (nothing is cached).
+func TestCollectorPodsAppear(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.CopyFS(dir, os.DirFS("testdata/no-kubepods")); err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewReader(filepath.Join(dir, "proc"), filepath.Join(dir, "cgroup"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	c := NewCollector(r, slog.New(slog.NewTextHandler(&logs, nil)))
+	for range 3 {
+		if _, _, ok, err := c.Read(); ok || err != nil {
+			t.Fatalf("Read without kubepods: pods found %v, %v", ok, err)
+		}
+	}
+	if n := strings.Count(logs.String(), "the pods part of node memory is not exported"); n != 1 {
+		t.Errorf("%d warnings in three scrapes, want 1:\n%s", n, logs.String())
+	}
+	pods := filepath.Join(dir, "cgroup", "kubepods.slice")
+	if err := os.Mkdir(pods, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, v := range map[string]string{"memory.current": "4096\n", "memory.stat": "inactive_file 0\n"} {
+		if err := os.WriteFile(filepath.Join(pods, name), []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, _, ok, err := c.Read()
+	if !ok || err != nil || p.Pods != 4096 {
+		t.Fatalf("Read after kubepods.slice appeared: pods %d, found %v, %v", p.Pods, ok, err)
+	}
+	if !strings.Contains(logs.String(), "kubepods cgroup found") {
+		t.Errorf("no log line when the pods part comes back:\n%s", logs.String())
+	}
+}

@@ -7,38 +7,36 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/heapwatch/heapwatch/internal/cgroup"
+	"github.com/heapwatch/heapwatch/internal/testkit"
 )
 
-// childEnv makes the test binary a process that allocates: each line "N"
-// on its stdin allocates and touches N MiB more, then it answers "ok".
-const childEnv = "HEAPWATCH_NODEMEM_CHILD"
-
 func TestMain(m *testing.M) {
-	if os.Getenv(childEnv) != "" {
-		runChild()
-		return
-	}
+	testkit.RunChild(map[string]func() int{"allocator": runAllocator})
 	os.Exit(m.Run())
 }
 
 var held [][]byte
 
-func runChild() {
+// runAllocator is the child process: each line "N" on its stdin
+// allocates and touches N MiB more, then it answers "ok".
+func runAllocator() int {
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		mib, err := strconv.Atoi(sc.Text())
 		if err != nil {
 			fmt.Println("bad:", err)
-			os.Exit(2)
+			return 2
 		}
 		b := make([]byte, mib<<20)
 		for i := 0; i < len(b); i += 4096 {
@@ -47,7 +45,7 @@ func runChild() {
 		held = append(held, b)
 		fmt.Println("ok")
 	}
-	os.Exit(0)
+	return 0
 }
 
 // allocator is a child process in a memory cgroup of its own.
@@ -62,12 +60,7 @@ type allocator struct {
 // and stops it when the test ends.
 func startAllocator(t *testing.T, dir string) *allocator {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=1")
+	cmd := testkit.Child("allocator")
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -127,12 +120,11 @@ func workingSet(t *testing.T, dir string) uint64 {
 func makeHierarchy(t *testing.T) (root, pod, daemon string) {
 	t.Helper()
 	const v1 = "/sys/fs/cgroup/memory"
-	if os.Geteuid() != 0 {
-		t.Skipf("needs root to make cgroups (uid %d)", os.Geteuid())
-	}
+	testkit.NeedsRoot(t, "to make cgroups")
 	if _, err := os.Stat(filepath.Join(v1, "memory.usage_in_bytes")); err != nil {
 		t.Skipf("needs a cgroup v1 memory hierarchy at %s: %v", v1, err)
 	}
+	removeStale(t, v1)
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
 	root = filepath.Join(v1, "heapwatch-nodemem-"+hex.EncodeToString(suffix))
@@ -141,9 +133,11 @@ func makeHierarchy(t *testing.T) (root, pod, daemon string) {
 	dirs := []string{root, filepath.Dir(pod), pod, filepath.Dir(daemon), daemon}
 	t.Cleanup(func() {
 		for i := len(dirs) - 1; i >= 0; i-- {
-			if err := removeCgroup(dirs[i]); err != nil {
-				t.Error(err)
-			}
+			// An exited task leaves its cgroup a moment after it is reaped.
+			testkit.WaitFor(t, 10*time.Second, "cgroup "+dirs[i]+" removed", func() bool {
+				err := os.Remove(dirs[i])
+				return err == nil || errors.Is(err, os.ErrNotExist)
+			})
 		}
 	})
 	for _, d := range dirs {
@@ -154,24 +148,34 @@ func makeHierarchy(t *testing.T) (root, pod, daemon string) {
 	return root, pod, daemon
 }
 
-// removeCgroup removes an emptied cgroup; a killed task leaves it a moment
-// after it is reaped.
-func removeCgroup(dir string) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := os.Remove(dir)
-		if err == nil || errors.Is(err, os.ErrNotExist) {
+// removeStale removes the hierarchies of earlier runs that were killed
+// before their cleanup ran (their allocators exit when the test's end of
+// their stdin closes): empty groups older than ten minutes, so one of a
+// run going on right now is never touched.
+func removeStale(t *testing.T, v1 string) {
+	dirs, _ := filepath.Glob(filepath.Join(v1, "heapwatch-nodemem-*"))
+	for _, dir := range dirs {
+		if st, err := os.Stat(dir); err != nil || time.Since(st.ModTime()) < 10*time.Minute {
+			continue
+		}
+		var tree []string
+		_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				tree = append(tree, p)
+			}
 			return nil
+		})
+		for i := len(tree) - 1; i >= 0; i-- {
+			if err := os.Remove(tree[i]); err != nil {
+				t.Logf("stale cgroup %s: %v", tree[i], err)
+				break
+			}
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("remove cgroup %s: %w", dir, err)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
 // TestRealCgroups: against the real kernel's /proc/meminfo and real
-// cgroups, a growing host daemon grows the daemons part (and, while it is
+// cgroups, in the exported series, a growing host daemon grows the daemons part (and, while it is
 // not watched, the unaccounted part) and not the pods part; a growing pod
 // grows the pods part and neither the daemons nor the unaccounted part.
 //
@@ -200,18 +204,47 @@ func TestRealCgroups(t *testing.T) {
 	c := NewCollector(r, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	// read returns the parts with the daemon watched, and the same
 	// reading with it not watched.
-	read := func() (watched, unwatched Parts) {
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	// scrape returns the parts as exported, and the daemon's series.
+	scrape := func() (p Parts, daemon float64) {
 		t.Helper()
-		c.SetDaemon("leaky", workingSet(t, daemonDir))
-		p, _, ok, err := c.Read()
-		if err != nil || !ok {
-			t.Fatalf("Read: pods found %v, %v", ok, err)
-		}
-		m, err := r.Meminfo()
+		mfs, err := reg.Gather()
 		if err != nil {
 			t.Fatal(err)
 		}
-		return p, Compute(m, p.Pods, nil)
+		parts := map[string]*uint64{PartTotal: &p.Total, PartUsed: &p.Used, PartPods: &p.Pods,
+			PartDaemons: &p.Daemons, PartKernel: &p.Kernel, PartUnaccounted: &p.Unaccounted}
+		seen := 0
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				switch mf.GetName() {
+				case MetricNode:
+					*parts[m.GetLabel()[0].GetValue()] = uint64(m.GetGauge().GetValue())
+					seen++
+				case MetricDaemon:
+					daemon = m.GetGauge().GetValue()
+				}
+			}
+		}
+		if seen != len(parts) {
+			t.Fatalf("%d node parts exported, want %d (pods found?)", seen, len(parts))
+		}
+		return p, daemon
+	}
+	// read scrapes with the daemon watched (its latest working set handed
+	// in, as the agent does at each sample), then with it not watched.
+	read := func() (watched, unwatched Parts) {
+		t.Helper()
+		ws := workingSet(t, daemonDir)
+		c.SetDaemon("leaky", ws)
+		watched, daemon := scrape()
+		if daemon != float64(ws) {
+			t.Fatalf("%s{daemon=\"leaky\"} = %v, want %d", MetricDaemon, daemon, ws)
+		}
+		c.RemoveDaemon("leaky")
+		unwatched, _ = scrape()
+		return watched, unwatched
 	}
 	delta := func(a, b uint64) int64 { return int64(b) - int64(a) }
 	// settle reads again until the kernel's used figure shows most of the
