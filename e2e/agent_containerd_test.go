@@ -94,7 +94,7 @@ func TestAgentContainerd(t *testing.T) {
 		t.Errorf("heap profile: %d samples, no containerd function among %d", len(p.Sample), len(p.Function))
 	}
 
-	ls := runHeapwatch(t, storage, "ls", "--node", "e2e-ctrd", "--daemon", "containerd")
+	ls := string(runHeapwatch(t, storage, "ls", "--node", "e2e-ctrd", "--daemon", "containerd"))
 	if !strings.Contains(ls, baseline.ID) || !strings.Contains(ls, "baseline") {
 		t.Errorf("heapwatch ls --node e2e-ctrd --daemon containerd does not list %s:\n%s", baseline.ID, ls)
 	}
