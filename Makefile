@@ -7,6 +7,8 @@ SHELL := bash
 BIN        := $(CURDIR)/bin
 ENVTEST    := $(BIN)/k8s
 VERSITYGW  := $(BIN)/versitygw
+LINT       := $(BIN)/lint
+LINTERS    := $(LINT)/staticcheck $(LINT)/go-errorlint
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS    := -s -w -X main.version=$(VERSION)
 REGISTRY   ?= ghcr.io/heapwatch
@@ -40,10 +42,19 @@ envtest: ## Build kube-apiserver and etcd for the integration tests (about 8 min
 versitygw: ## Build the S3-compatible server (versitygw) the storage tests run against.
 	go -C .ci/tools/versitygw build -o $(VERSITYGW) github.com/versity/versitygw/cmd/versitygw
 
+# The linters, pinned in their own module; rebuilt only when it changes.
+$(LINTERS) &: .ci/tools/lint/go.mod .ci/tools/lint/go.sum
+	go -C .ci/tools/lint build -o $(LINT)/ honnef.co/go/tools/cmd/staticcheck codeberg.org/polyfloyd/go-errorlint
+
+# Only e2e/node is behind a build tag (node, adding files): with -tags node
+# staticcheck and errorlint see every file once.
 .PHONY: lint
-lint: ## gofmt and go vet.
+lint: $(LINTERS) ## gofmt, go vet (also -tags node), staticcheck and errorlint (pinned in .ci/tools/lint).
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	go vet ./...
+	go vet -tags node ./...
+	$(LINT)/staticcheck -tags node ./...
+	GOFLAGS=-tags=node $(LINT)/go-errorlint -errorf ./...
 
 .PHONY: demo
 demo: ## See the main job: a leaky app OOM-killed in an emulated pod, its heap profile captured (root; STORAGE=file|s3).
@@ -52,6 +63,8 @@ demo: ## See the main job: a leaky app OOM-killed in an emulated pod, its heap p
 .PHONY: test
 test: lint envtest versitygw ## Lint, then run every unit, integration and end-to-end test (root for the cgroup tests).
 	$(TEST_ENV) go test -race -count=1 -p 1 -timeout $(TEST_TIMEOUT) ./...
+	# The agent's PrometheusRule and dashboard, checked with Prometheus's parsers (own module: keeps them out of go.mod).
+	go -C deploy/monitoring test -race -count=1 ./...
 
 # `make test-v2 RUN=TestX` runs only the tests matching TestX in the VM.
 RUN ?=
@@ -94,3 +107,4 @@ images: ## Build the container images (needs a Docker engine with buildx).
 	docker buildx build --platform $(PLATFORMS) --build-arg VERSION=$(VERSION) -f Dockerfile.webhook -t $(REGISTRY)/heapwatch-webhook:$(VERSION) .
 	docker buildx build --platform $(PLATFORMS) --build-arg VERSION=$(VERSION) -f Dockerfile.sidecar -t $(REGISTRY)/heapwatch-sidecar:$(VERSION) .
 	docker buildx build --platform $(PLATFORMS) --build-arg VERSION=$(VERSION) -f Dockerfile.controller -t $(REGISTRY)/heapwatch-controller:$(VERSION) .
+	docker buildx build --platform $(PLATFORMS) --build-arg VERSION=$(VERSION) -f Dockerfile.agent -t $(REGISTRY)/heapwatch-agent:$(VERSION) .

@@ -180,6 +180,7 @@ type Metadata struct {
 	PodUID     string `json:"podUID,omitempty"`
 	Node       string `json:"node,omitempty"`
 	Container  string `json:"container"`
+	Daemon     string `json:"daemon,omitempty"` // a host daemon's name (TargetKind "daemon"), with Node
 	PID        int    `json:"pid"`
 	Port       int    `json:"port"`
 	// Trigger is the kind that fired (threshold-75, predictive, growth, ...);

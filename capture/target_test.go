@@ -2,25 +2,15 @@ package capture
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 )
 
-// node is a second Target kind, registered under "test-node".
-type node struct{ name, daemon string }
-
-func (n node) Segments() [3]string { return [3]string{"_node", n.name, n.daemon} }
-func (n node) Describe(m *Metadata) {
-	m.TargetKind, m.Node, m.Container = "test-node", n.name, n.daemon
-}
-
-func init() {
-	RegisterTarget("test-node", func(m *Metadata) Target { return node{m.Node, m.Container} })
-}
-
 // TestTargetKinds: a capture's keys lead with its target's segments,
 // ParseKey inverts them for every kind, and metadata names its target
-// back; a pod container's keys are today's.
+// back; a pod container's keys are today's, a host daemon's lead with
+// _node/<node>/<daemon>.
 func TestTargetKinds(t *testing.T) {
 	at := time.Date(2026, 1, 2, 3, 4, 5, 6e6, time.UTC)
 	for _, tt := range []struct {
@@ -28,7 +18,7 @@ func TestTargetKinds(t *testing.T) {
 		id     string
 	}{
 		{PodContainer{Namespace: "shop", Pod: "web-1", UID: "u", Node: "n1", Container: "app"}, "shop/web-1/app/20260102T030405.006Z-threshold-75"},
-		{node{"n1", "containerd"}, "_node/n1/containerd/20260102T030405.006Z-threshold-75"},
+		{Daemon{Node: "n1", Name: "containerd"}, "_node/n1/containerd/20260102T030405.006Z-threshold-75"},
 	} {
 		m := &Metadata{SchemaVersion: SchemaVersion, CapturedAt: at, Trigger: "threshold-75"}
 		tt.target.Describe(m)
@@ -57,5 +47,29 @@ func TestTargetKinds(t *testing.T) {
 	unknown := []byte(`{"schemaVersion":1,"targetKind":"nope","namespace":"a","pod":"b","container":"c","capturedAt":"2026-01-02T03:04:05Z"}`)
 	if _, err := DecodeMetadata(unknown); err == nil {
 		t.Error("metadata of an unknown target kind decoded")
+	}
+}
+
+// TestDaemonMetadata: a daemon's capture names it in the daemon and node
+// fields and in no pod field, and its keys never mix with a namespace's.
+func TestDaemonMetadata(t *testing.T) {
+	m := &Metadata{SchemaVersion: SchemaVersion, Namespace: "stale", Pod: "stale", Container: "stale",
+		CapturedAt: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Trigger: "baseline"}
+	Daemon{Node: "n1", Name: "kubelet"}.Describe(m)
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]any{"targetKind": "daemon", "node": "n1", "daemon": "kubelet", "namespace": "", "pod": "", "container": ""} {
+		if got[k] != want {
+			t.Errorf("metadata %s = %v, want %v", k, got[k], want)
+		}
+	}
+	if p := Prefix(NodeSegment, "n1", "kubelet"); !strings.HasPrefix(m.Name().MetadataKey(), p) || p != "_node/n1/kubelet/" {
+		t.Errorf("key %q, prefix %q", m.Name().MetadataKey(), p)
 	}
 }

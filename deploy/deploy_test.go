@@ -17,7 +17,7 @@ import (
 
 	"github.com/heapwatch/heapwatch/deploy"
 	"github.com/heapwatch/heapwatch/internal/webhook"
-	"github.com/heapwatch/heapwatch/internal/webhook/inject"
+	"github.com/heapwatch/heapwatch/names"
 )
 
 // rendered is the typed view of one kustomization's output.
@@ -97,7 +97,7 @@ func TestWebhookConfiguration(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if objSel.Matches(labels.Set{inject.InjectLabel: "disabled"}) || !objSel.Matches(labels.Set{"app": "x"}) {
+				if objSel.Matches(labels.Set{names.InjectLabel: "disabled"}) || !objSel.Matches(labels.Set{"app": "x"}) {
 					t.Errorf("%s: objectSelector must exclude exactly the pods labelled heapwatch.io/inject=disabled", wh.Name)
 				}
 			}
@@ -106,16 +106,16 @@ func TestWebhookConfiguration(t *testing.T) {
 				labels map[string]string
 				want   int // index of the one entry that serves the namespace, -1 for none
 			}{
-				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": "team-a"}, 0},
+				{map[string]string{names.InjectLabel: "enabled", "kubernetes.io/metadata.name": "team-a"}, 0},
 				{map[string]string{"kubernetes.io/metadata.name": "team-a"}, -1},
-				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": "kube-system"}, -1},
-				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": r.namespace.Name}, -1},
-				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": "team-a", enforce: "privileged"}, 0},
-				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": "team-a", enforce: "baseline"}, 1},
-				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": "team-a", enforce: "restricted"}, 1},
+				{map[string]string{names.InjectLabel: "enabled", "kubernetes.io/metadata.name": "kube-system"}, -1},
+				{map[string]string{names.InjectLabel: "enabled", "kubernetes.io/metadata.name": r.namespace.Name}, -1},
+				{map[string]string{names.InjectLabel: "enabled", "kubernetes.io/metadata.name": "team-a", enforce: "privileged"}, 0},
+				{map[string]string{names.InjectLabel: "enabled", "kubernetes.io/metadata.name": "team-a", enforce: "baseline"}, 1},
+				{map[string]string{names.InjectLabel: "enabled", "kubernetes.io/metadata.name": "team-a", enforce: "restricted"}, 1},
 				{map[string]string{"kubernetes.io/metadata.name": "team-a", enforce: "restricted"}, -1},
-				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": "kube-system", enforce: "restricted"}, -1},
-				{map[string]string{inject.InjectLabel: "enabled", "kubernetes.io/metadata.name": r.namespace.Name, enforce: "restricted"}, -1},
+				{map[string]string{names.InjectLabel: "enabled", "kubernetes.io/metadata.name": "kube-system", enforce: "restricted"}, -1},
+				{map[string]string{names.InjectLabel: "enabled", "kubernetes.io/metadata.name": r.namespace.Name, enforce: "restricted"}, -1},
 			} {
 				for i, sel := range selectors {
 					if got := sel.Matches(labels.Set(tt.labels)); got != (i == tt.want) {

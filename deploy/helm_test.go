@@ -96,7 +96,7 @@ func TestChartArgsAreValidWebhookFlags(t *testing.T) {
 				d := cfg.Inject.Defaults
 				if cfg.Inject.NativeSidecar || cfg.Inject.CredentialsSecret != "heapwatch-s3" ||
 					d.Storage != "s3://dumps/prod?region=eu-west-1" || d.Interval.String() != "50ms" ||
-					!slices.Equal(d.Thresholds, []float64{50, 70, 90}) || d.MemoryLimit.String() != "96Mi" {
+					!slices.Equal(d.Thresholds, []float64{50, 70, 90}) || d.MemoryLimit != "96Mi" {
 					t.Errorf("values not carried into the webhook config: %+v", cfg.Inject)
 				}
 			}

@@ -292,7 +292,13 @@ func buildGoFloor(b *testing.B) string {
 // ends, and returns its PID.
 func startFloor(b *testing.B, bin string, files []string) int {
 	b.Helper()
-	cmd := exec.Command(bin, append([]string{"100"}, files...)...)
+	return startFloorAt(b, bin, 100, files)
+}
+
+// startFloorAt runs a floor program at intervalMS over files.
+func startFloorAt(b *testing.B, bin string, intervalMS int, files []string) int {
+	b.Helper()
+	cmd := exec.Command(bin, append([]string{strconv.Itoa(intervalMS)}, files...)...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)

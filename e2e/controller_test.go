@@ -19,6 +19,7 @@ import (
 	"github.com/heapwatch/heapwatch/internal/oomevents"
 	"github.com/heapwatch/heapwatch/internal/testenv"
 	"github.com/heapwatch/heapwatch/internal/webhook/inject"
+	"github.com/heapwatch/heapwatch/names"
 	"github.com/heapwatch/heapwatch/settings"
 	"github.com/heapwatch/heapwatch/store/s3test"
 )
@@ -115,7 +116,7 @@ func TestControllerRealOOMKill(t *testing.T) {
 	if err := testenv.WriteKubeconfig(env.Config, kubeconfig); err != nil {
 		t.Fatal(err)
 	}
-	out := string(runExplain(t, storage, "explain", "--kubeconfig", kubeconfig, "-n", "e2e", "leaky-0"))
+	out := string(runHeapwatch(t, storage, "explain", "--kubeconfig", kubeconfig, "-n", "e2e", "leaky-0"))
 	for _, want := range []string{"Capture   " + m.ID + " (final before the OOM kill)", "after the capture; 1 restarts",
 		"Timeline  working set (#) against the limit (-)", "Verdict   the Go heap explains", "main.leakLinear"} {
 		if !strings.Contains(out, want) {
@@ -132,7 +133,7 @@ func recordOOMKill(t *testing.T, cs kubernetes.Interface, pod *corev1.Pod, finis
 	pod.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "app", Image: "leaky", RestartCount: 1, Ready: true, State: running,
 		LastTerminationState: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
 			Reason: "OOMKilled", ExitCode: 137, FinishedAt: metav1.NewTime(finished), StartedAt: metav1.NewTime(finished.Add(-time.Minute))}}}}
-	pod.Status.InitContainerStatuses = []corev1.ContainerStatus{{Name: inject.SidecarName, Image: "heapwatch-sidecar", State: running, Ready: true}}
+	pod.Status.InitContainerStatuses = []corev1.ContainerStatus{{Name: names.SidecarName, Image: "heapwatch-sidecar", State: running, Ready: true}}
 	pod, err := cs.CoreV1().Pods(pod.Namespace).UpdateStatus(context.Background(), pod, metav1.UpdateOptions{})
 	if err != nil {
 		t.Fatal(err)

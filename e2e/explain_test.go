@@ -55,7 +55,8 @@ type explainReport struct {
 	Timeline    []capture.Point `json:"timeline"`
 }
 
-func runExplain(t *testing.T, storage string, args ...string) []byte {
+// runHeapwatch runs the built CLI against storage and returns its standard output.
+func runHeapwatch(t *testing.T, storage string, args ...string) []byte {
 	t.Helper()
 	cmd := exec.Command(heapwatchBin, append([]string{"--storage", storage}, args...)...)
 	cmd.Env = append(os.Environ(), "XDG_CACHE_HOME="+t.TempDir(), "HOME="+t.TempDir())
@@ -89,7 +90,7 @@ func TestExplainRealOOMKill(t *testing.T) {
 			r.waitOOMKill(t, time.Minute)
 			m := finalCapture(t, openStore(t, r.storage), 30*time.Second)
 
-			out := runExplain(t, r.storage, "explain", "e2e/leaky-0/app")
+			out := runHeapwatch(t, r.storage, "explain", "e2e/leaky-0/app")
 			got := explainSkeleton(string(out))
 			golden := filepath.Join("testdata", "explain-"+tt.shape+".golden")
 			if updateGolden {
@@ -106,7 +107,7 @@ func TestExplainRealOOMKill(t *testing.T) {
 			}
 
 			var rep explainReport
-			js := runExplain(t, r.storage, "--output", "json", "explain", m.ID)
+			js := runHeapwatch(t, r.storage, "--output", "json", "explain", m.ID)
 			if err := json.Unmarshal(js, &rep); err != nil {
 				t.Fatalf("%v\n%s", err, js)
 			}

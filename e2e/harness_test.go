@@ -30,7 +30,7 @@ const (
 )
 
 // Binaries built once per test binary.
-var sidecarBin, leakyBin, heapwatchBin string
+var sidecarBin, leakyBin, heapwatchBin, agentBin string
 
 // unsupported says why pods cannot be emulated here; empty when they can.
 var unsupported string
@@ -71,6 +71,7 @@ func run(m *testing.M) int {
 	}
 	if dir := os.Getenv(binDirEnv); dir != "" {
 		sidecarBin, leakyBin, heapwatchBin = filepath.Join(dir, "sidecar"), filepath.Join(dir, "leaky"), filepath.Join(dir, "heapwatch")
+		agentBin = filepath.Join(dir, "agent")
 		return m.Run()
 	}
 	dir, err := os.MkdirTemp("", "heapwatch-e2e-")
@@ -85,7 +86,8 @@ func run(m *testing.M) int {
 		return 1
 	}
 	sidecarBin, leakyBin, heapwatchBin = filepath.Join(dir, "sidecar"), filepath.Join(dir, "leaky"), filepath.Join(dir, "heapwatch")
-	for bin, pkg := range map[string]string{sidecarBin: "../cmd/sidecar", leakyBin: "../examples/leaky", heapwatchBin: "../cmd/heapwatch"} {
+	agentBin = filepath.Join(dir, "agent")
+	for bin, pkg := range map[string]string{sidecarBin: "../cmd/sidecar", leakyBin: "../examples/leaky", heapwatchBin: "../cmd/heapwatch", agentBin: "../cmd/agent"} {
 		out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "go build %s: %v\n%s", pkg, err, out)

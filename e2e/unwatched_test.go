@@ -99,24 +99,24 @@ func TestSameUIDSidecarReportsUnreadableContainers(t *testing.T) {
 		`heapwatch_unwatched_containers{container="non-dumpable",reason="permission-denied"}`: "1",
 		`heapwatch_unwatched_containers{container="other-uid",reason="permission-denied"}`:    "1",
 	}
-	if diff := cmp.Diff(want, scrape(t, r, "heapwatch_unwatched_containers")); diff != "" {
+	if diff := cmp.Diff(want, scrape(t, r.logs.String(), "heapwatch_unwatched_containers")); diff != "" {
 		t.Errorf("sidecar /metrics (-want +got):\n%s", diff)
 	}
 }
 
-// scrape fetches the sidecar's /metrics (at the address of its "serving
-// metrics" line; the pod must share the test's network) and returns the
-// samples of one metric, value by series.
-func scrape(t *testing.T, r *podRun, metric string) map[string]string {
+// scrape fetches the /metrics of the sidecar or agent whose logs are given
+// (at the address of its "serving metrics" line; a pod must share the
+// test's network) and returns the samples of one metric, value by series.
+func scrape(t *testing.T, logs, metric string) map[string]string {
 	t.Helper()
 	var addr string
-	for _, rec := range logRecords(r.logs.String()) {
+	for _, rec := range logRecords(logs) {
 		if rec.Msg == "serving metrics" {
 			addr = rec.Addr
 		}
 	}
 	if addr == "" {
-		t.Fatal("no \"serving metrics\" line in the sidecar's log")
+		t.Fatal("no \"serving metrics\" line in the log")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -26,7 +26,11 @@ func markdownTable() string {
 		if def == "" {
 			def = "(empty)"
 		}
-		fmt.Fprintf(&b, "| `%s` | `%s` | `%s` | %s |\n", s.Annotation(), s.EnvVar(), def, s.Usage)
+		env := "`" + s.EnvVar() + "`"
+		if s.WebhookOnly {
+			env = "(webhook only)"
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | `%s` | %s |\n", s.Annotation(), env, def, s.Usage)
 	}
 	return b.String()
 }

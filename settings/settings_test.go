@@ -33,10 +33,14 @@ func TestDefaultsParseAndRoundTrip(t *testing.T) {
 	}
 }
 
-// normal makes quantities comparable with DeepEqual (they cache strings).
+// normal lists what the sidecar reads, comparable with DeepEqual; the
+// webhook-only settings are not rendered into its environment.
 func normal(c Config) []string {
 	var out []string
 	for _, s := range All {
+		if s.WebhookOnly {
+			continue
+		}
 		out = append(out, s.Key+"="+s.Format(&c))
 	}
 	return out
@@ -52,6 +56,9 @@ func TestNamesAreDerivedFromKey(t *testing.T) {
 	}
 	seen := map[string]bool{}
 	for _, s := range All {
+		if s.WebhookOnly {
+			continue
+		}
 		if seen[s.EnvVar()] {
 			t.Errorf("duplicate env var %s", s.EnvVar())
 		}
@@ -217,5 +224,24 @@ func TestAddFlags(t *testing.T) {
 	err := fs.Parse([]string{"--default-interval=never"})
 	if err == nil || !strings.Contains(err.Error(), "default-interval") {
 		t.Errorf("bad flag error = %v, want one naming the flag", err)
+	}
+}
+
+func TestWatches(t *testing.T) {
+	for _, tt := range []struct {
+		containers []string
+		name       string
+		want       bool
+	}{
+		{nil, "app", true}, // an empty list watches every container
+		{[]string{}, "app", true},
+		{[]string{"app"}, "app", true},
+		{[]string{"app", "worker"}, "worker", true},
+		{[]string{"app"}, "worker", false},
+		{[]string{"app"}, "", false},
+	} {
+		if got := (Config{Containers: tt.containers}).Watches(tt.name); got != tt.want {
+			t.Errorf("Containers %q: Watches(%q) = %v, want %v", tt.containers, tt.name, got, tt.want)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -110,7 +111,8 @@ func BenchmarkUpload100MBPeakRSS(b *testing.B) {
 }
 
 func errOutput(err error) []byte {
-	if ee, ok := err.(*exec.ExitError); ok {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
 		return ee.Stderr
 	}
 	return nil

@@ -1,5 +1,7 @@
 package store
 
+//lint:file-ignore SA1019 feature/s3/manager is deprecated for feature/s3/transfermanager, which is still v0.x; moving is its own change (a newer SDK set, the multipart test against versitygw).
+
 import (
 	"context"
 	"errors"

@@ -180,7 +180,8 @@ func TestListPaginatesAndStopsEarly(t *testing.T) {
 			}
 			return nil
 		})
-		if err != stop {
+		// As is: the callback's error itself, not wrapped in another.
+		if !errors.Is(err, stop) || errors.Unwrap(err) != nil {
 			t.Errorf("List error = %v, want the callback's error as is", err)
 		}
 		if seen != 1100 {

@@ -60,10 +60,9 @@ func TestFindFinal(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if id := map[bool]string{true: ""}[got == nil]; got != nil {
-				id = got.ID
-				if id != tt.want {
-					t.Errorf("final = %s, want %q", id, tt.want)
+			if got != nil {
+				if got.ID != tt.want {
+					t.Errorf("final = %s, want %q", got.ID, tt.want)
 				}
 				if ps := got.Profiles(); len(ps) != 1 || ps[0] != "heap" {
 					t.Errorf("profiles = %v, want [heap]", ps)

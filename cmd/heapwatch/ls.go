@@ -18,7 +18,11 @@ import (
 
 const lsHelp = `Lists captures, newest first: time, capture ID, trigger, memory usage against the
 limit, whether it is the final capture before an OOM kill, and stored size.
---namespace, --pod and --container narrow the listing to that part of the storage.`
+--namespace, --pod and --container narrow the listing to that part of the storage;
+--node and --daemon list the captures the node agent took of host daemons
+(containerd, the kubelet, ...): _node/<node>/<daemon>/<time>-<trigger>. A daemon's
+series (baseline, then each growth step) lists newest first: 'heapwatch diff' of its
+oldest and newest capture shows what grew.`
 
 // defaultLimit keeps a listing of a busy bucket to what fits on a screen; each
 // row costs one metadata download.
@@ -31,6 +35,8 @@ type captureJSON struct {
 	Namespace     string            `json:"namespace"`
 	Pod           string            `json:"pod"`
 	Container     string            `json:"container"`
+	Node          string            `json:"node,omitempty"`   // a host daemon's capture
+	Daemon        string            `json:"daemon,omitempty"` // with node; namespace, pod and container are empty
 	Time          time.Time         `json:"time"`
 	Trigger       string            `json:"trigger"`
 	UsagePercent  float64           `json:"usagePercent,omitempty"`
@@ -70,10 +76,12 @@ func (a *app) lsCommand() *cobra.Command {
 	fs.StringVarP(&o.namespace, "namespace", "n", "", "only this namespace")
 	fs.StringVar(&o.pod, "pod", "", "only this pod")
 	fs.StringVarP(&o.container, "container", "c", "", "only this container")
+	fs.StringVar(&o.node, "node", "", "only host daemons' captures of this node (the node agent's)")
+	fs.StringVar(&o.daemon, "daemon", "", "only captures of this host daemon (e.g. containerd, kubelet)")
 	fs.StringVar(&o.sinceArg, "since", "", "only captures newer than this (e.g. 30m, 2h, 7d)")
 	fs.IntVar(&o.limit, "limit", defaultLimit, "show at most this many captures, newest first; 0 for all")
 	fs.BoolVarP(&o.quiet, "quiet", "q", false, "print capture IDs only (for scripts)")
-	for _, name := range []string{"namespace", "pod", "container", "since", "limit"} {
+	for _, name := range []string{"namespace", "pod", "container", "node", "daemon", "since", "limit"} {
 		_ = cmd.RegisterFlagCompletionFunc(name, cobra.NoFileCompletions)
 	}
 	return cmd
@@ -81,10 +89,13 @@ func (a *app) lsCommand() *cobra.Command {
 
 func (a *app) ls(ctx context.Context, o lsOptions) error {
 	f := o.filter
+	if err := f.check(); err != nil {
+		return err
+	}
 	if o.sinceArg != "" {
 		d, err := parseSince(o.sinceArg)
 		if err != nil {
-			return fmt.Errorf("%w: --since: %v", errUsage, err)
+			return fmt.Errorf("%w: --since: %w", errUsage, err)
 		}
 		f.since = a.now().Add(-d)
 	}
@@ -95,7 +106,7 @@ func (a *app) ls(ctx context.Context, o lsOptions) error {
 	if err != nil {
 		return err
 	}
-	entries, err := catalog.Scan(ctx, st, capture.Prefix(f.namespace, f.pod, f.container), f.match)
+	entries, err := catalog.Scan(ctx, st, f.prefix(), f.match)
 	if err != nil {
 		return err
 	}
@@ -182,6 +193,9 @@ func toJSON(e *entry) captureJSON {
 		Time: e.Name.Time.UTC(), Trigger: e.Name.Trigger, SizeBytes: e.Size(),
 		Profiles: e.Profiles(), MetadataKey: e.MetadataKey(), Metadata: e.Meta,
 	}
+	if node, daemon, ok := daemonOf(e.Name); ok {
+		c.Namespace, c.Pod, c.Container, c.Node, c.Daemon = "", "", "", node, daemon
+	}
 	for _, o := range e.Objects {
 		c.Objects = append(c.Objects, objectJSON{Key: o.Key, Size: o.Size})
 	}
@@ -196,7 +210,8 @@ func toJSON(e *entry) captureJSON {
 
 func describeFilter(f filter, since string) string {
 	var parts []string
-	for _, p := range []struct{ name, v string }{{"namespace", f.namespace}, {"pod", f.pod}, {"container", f.container}, {"since", since}} {
+	for _, p := range []struct{ name, v string }{{"namespace", f.namespace}, {"pod", f.pod}, {"container", f.container},
+		{"node", f.node}, {"daemon", f.daemon}, {"since", since}} {
 		if p.v != "" {
 			parts = append(parts, p.name+"="+p.v)
 		}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/heapwatch/heapwatch/settings"
 	"github.com/heapwatch/heapwatch/store"
 )
 
@@ -26,7 +27,7 @@ import (
 var version = "dev"
 
 // envStorage names the storage URL variable, shared with the sidecar.
-const envStorage = "HEAPWATCH_STORAGE"
+var envStorage = settings.Storage.EnvVar()
 
 // defaultStorageDir is where `make demo` stores captures, relative to the
 // working directory, so `heapwatch ls` works after it without flags.
@@ -35,8 +36,9 @@ const defaultStorageDir = "heapwatch-dumps"
 // rootLong is the top of 'heapwatch help'; cobra adds the commands and flags.
 const rootLong = `heapwatch lists and opens the heap profiles captured by the heapwatch sidecar.
 
-<capture> is an ID printed by ls (namespace/pod/container/<time>-<trigger>) or
-any prefix of exactly one ID.
+<capture> is an ID printed by ls (namespace/pod/container/<time>-<trigger>, or
+_node/<node>/<daemon>/<time>-<trigger> for a host daemon) or any prefix of
+exactly one ID.
 
 Storage (--storage, or $HEAPWATCH_STORAGE; default file://$PWD/heapwatch-dumps):
   file:///absolute/dir

@@ -227,7 +227,7 @@ func (a *app) pprof(ctx context.Context, goBin, file, base, profile string, o pp
 	}
 	var exit *exec.ExitError
 	if errors.As(err, &exit) {
-		return fmt.Errorf("go tool pprof failed (%v); the profile is saved at %s", exit, file)
+		return fmt.Errorf("go tool pprof failed (%w); the profile is saved at %s", exit, file)
 	}
 	return err
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -206,7 +207,8 @@ func TestBinary(t *testing.T) {
 	}
 	cmd = exec.Command(bin, "--storage", "s3://", "ls")
 	out, err = cmd.CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "missing bucket") {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "missing bucket") {
 		t.Errorf("bad URL: %v\n%s", err, out)
 	}
 

@@ -14,8 +14,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
-	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -23,9 +21,10 @@ import (
 	"github.com/heapwatch/heapwatch/internal/metrics"
 	"github.com/heapwatch/heapwatch/internal/pprof"
 	"github.com/heapwatch/heapwatch/internal/procfs"
+	"github.com/heapwatch/heapwatch/internal/ship"
 	"github.com/heapwatch/heapwatch/internal/spool"
-	"github.com/heapwatch/heapwatch/internal/trigger"
 	"github.com/heapwatch/heapwatch/internal/watch"
+	"github.com/heapwatch/heapwatch/names"
 	"github.com/heapwatch/heapwatch/settings"
 	"github.com/heapwatch/heapwatch/store"
 )
@@ -49,7 +48,7 @@ type flags struct {
 func main() {
 	var f flags
 	fs := flag.NewFlagSet("sidecar", flag.ExitOnError)
-	fs.StringVar(&f.spoolDir, "spool-dir", settings.SpoolDir, "directory holding captures until they are stored (an emptyDir in Kubernetes)")
+	fs.StringVar(&f.spoolDir, "spool-dir", names.SpoolDir, "directory holding captures until they are stored (an emptyDir in Kubernetes)")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", metrics.DefaultAddr, "listen address of the Prometheus /metrics endpoint; empty disables it")
 	fs.StringVar(&f.procRoot, "proc", "/proc", "the proc file system of the pod's shared PID namespace")
 	fs.DurationVar(&f.grace, "shutdown-grace", defaultGrace, "on SIGTERM, time to finish running captures and uploads; the rest stays in the spool")
@@ -74,12 +73,12 @@ func run(log *slog.Logger, f flags) error {
 	for _, p := range problems {
 		log.Warn("invalid setting; using the default for it", "variable", p.Source, "value", p.Value, "using", p.Used, "err", errors.Unwrap(p.Err))
 	}
-	limitSelf(log, cfg)
+	o := newOptions(cfg)
 	pod := watch.PodFromEnv(os.LookupEnv)
 	log.Info("heapwatch sidecar starting", "version", version, "namespace", pod.Namespace, "pod", pod.Pod,
-		"node", pod.Node, "storage", store.RedactURL(cfg.Storage), "thresholds", cfg.Thresholds, "interval", cfg.Interval,
-		"horizon", cfg.Horizon, "profiles", cfg.Profiles, "pprofPath", cfg.PprofPath, "spoolDir", f.spoolDir,
-		"securityMode", cfg.SecurityMode, "uid", os.Getuid(), "gid", os.Getgid())
+		"node", pod.Node, "storage", store.RedactURL(o.storage), "thresholds", o.watch.Trigger.Thresholds, "interval", o.watch.Trigger.Interval,
+		"horizon", o.watch.Trigger.Horizon, "profiles", o.collect.Profiles, "pprofPath", o.client.Path, "spoolDir", f.spoolDir,
+		"securityMode", o.securityMode, "uid", os.Getuid(), "gid", os.Getgid())
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -96,26 +95,21 @@ func run(log *slog.Logger, f flags) error {
 	if err != nil {
 		return err // nothing can be watched without /proc
 	}
-	sp, err := openSpool(log, f.spoolDir, cfg.SpoolBytes, m)
+	sp, err := openSpool(log, f.spoolDir, o.spool.MaxBytes, m)
 	if err != nil {
 		return err
 	}
-	uploadCtx, stopUpload := context.WithCancel(context.Background())
-	uploaded := make(chan struct{})
-	go func() {
-		defer close(uploaded)
-		upload(uploadCtx, log, sp, cfg.Storage)
-	}()
+	shipper := ship.Start(sp, ship.Options{Storage: o.storage, Log: log})
 
-	col := collect.New(collect.Options{
-		Profiles: cfg.Profiles,
-		Source: pprof.NewPorts(pprof.PortsOptions{Client: pprof.NewClient(pprof.Options{Path: cfg.PprofPath, MaxBytes: f.maxProfile}),
-			Proc: proc, Ports: cfg.Ports, Log: log}),
-		Spool: sp, Log: log, Observers: []collect.Observer{collect.LogObserver{Log: log}, collect.MetricsObserver{M: m}},
-	})
+	o.client.MaxBytes = f.maxProfile
+	o.ports.Client, o.ports.Proc, o.ports.Log = pprof.NewClient(o.client), proc, log
+	o.collect.Source = pprof.NewPorts(o.ports)
+	o.collect.Spool, o.collect.Log = sp, log
+	o.collect.Observers = []collect.Observer{collect.LogObserver{Log: log}, collect.MetricsObserver{M: m}}
+	col := collect.New(o.collect)
 	h := collect.Handler{C: col, Metrics: m}
-	w := watch.New(watch.Options{Trigger: triggerOptions(cfg), Containers: cfg.Containers, OnSample: h.ObserveSample, OnUnwatched: h.ObserveUnwatched,
-		Discover: watch.NewPodContainers(proc, pod)}, proc, h, log)
+	o.watch.OnSample, o.watch.OnUnwatched, o.watch.Discover = h.ObserveSample, h.ObserveUnwatched, watch.NewPodContainers(proc, pod)
+	w := watch.New(o.watch, proc, h, log)
 	watchErr := w.Run(ctx)
 	if watchErr != nil && ctx.Err() == nil {
 		log.Error("watching stopped; captures already taken are still uploaded", "err", watchErr)
@@ -127,14 +121,10 @@ func run(log *slog.Logger, f flags) error {
 	log.Info("shutting down", "grace", f.grace)
 	deadline := time.Now().Add(f.grace)
 	col.Close(f.grace / 2)
-	stopUpload()
-	<-uploaded
 	flushCtx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	if st, err := store.Open(flushCtx, cfg.Storage); err == nil {
-		if err := sp.Flush(flushCtx, st); err != nil {
-			log.Warn("captures left in the spool for the next start", "err", err)
-		}
+	if err := shipper.Stop(flushCtx); err != nil {
+		log.Warn("captures left in the spool for the next start", "err", err)
 	}
 	ids, _ := sp.Pending()
 	log.Info("stopped", "spooled", len(ids), "spoolBytes", sp.Bytes())
@@ -156,59 +146,4 @@ func openSpool(log *slog.Logger, dir string, bound int64, m *metrics.Metrics) (*
 		return nil, fmt.Errorf("no usable spool directory: %w", errors.Join(err, err2))
 	}
 	return sp, nil
-}
-
-// upload opens the storage and drains the spool into it until ctx is done.
-// Opening is retried (an S3 client needs its region and credentials chain);
-// a panic in the uploader is logged and the uploader restarted.
-func upload(ctx context.Context, log *slog.Logger, sp *spool.Spool, rawURL string) {
-	backoff := time.Second
-	for ctx.Err() == nil {
-		st, err := store.Open(ctx, rawURL)
-		if err != nil {
-			log.Error("cannot open the storage; captures stay in the spool", "storage", store.RedactURL(rawURL), "err", err, "retryIn", backoff)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, time.Minute)
-			continue
-		}
-		func() {
-			defer func() {
-				if p := recover(); p != nil {
-					log.Error("uploader panicked; restarting it", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-					time.Sleep(time.Second)
-				}
-			}()
-			sp.Run(ctx, st)
-		}()
-	}
-}
-
-// limitSelf bounds the sidecar's own memory and CPU: GOMEMLIMIT and
-// GOMAXPROCS from the environment when set (the webhook sets them), else
-// derived from HEAPWATCH_MEMORY_LIMIT and HEAPWATCH_CPU_LIMIT.
-func limitSelf(log *slog.Logger, cfg settings.Config) {
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(cfg.GoMemLimit())
-	}
-	if os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(cfg.GoMaxProcs())
-	}
-	log.Debug("own limits", "gomemlimit", debug.SetMemoryLimit(-1), "gomaxprocs", runtime.GOMAXPROCS(0))
-}
-
-// triggerOptions maps the per-pod settings onto the trigger; what the
-// settings do not name keeps the trigger's documented defaults.
-func triggerOptions(cfg settings.Config) trigger.Options {
-	return trigger.Options{
-		Thresholds: cfg.Thresholds,
-		Absolute:   uint64(max(cfg.ThresholdBytes, 0)),
-		Horizon:    cfg.Horizon,
-		Cooldown:   cfg.Cooldown,
-		MaxPerHour: cfg.MaxPerHour,
-		Interval:   cfg.Interval,
-	}
 }

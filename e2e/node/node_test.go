@@ -47,6 +47,7 @@ import (
 	"github.com/heapwatch/heapwatch/internal/testenv"
 	"github.com/heapwatch/heapwatch/internal/testkit"
 	"github.com/heapwatch/heapwatch/internal/vm"
+	"github.com/heapwatch/heapwatch/names"
 	"github.com/heapwatch/heapwatch/internal/webhook/inject"
 	"github.com/heapwatch/heapwatch/settings"
 	"github.com/heapwatch/heapwatch/store"
@@ -171,7 +172,7 @@ func TestStoryOnARealNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pod.Annotations[inject.StatusAnnotation] == "" {
+	if pod.Annotations[names.StatusAnnotation] == "" {
 		t.Fatalf("the webhook did not inject the pod: annotations %v", pod.Annotations)
 	}
 	waitFor(t, 10*time.Minute, "pod running", func() (bool, error) {
@@ -251,7 +252,7 @@ func TestStoryOnARealNode(t *testing.T) {
 		}
 	}
 	for _, s := range pod.Status.InitContainerStatuses {
-		if s.Name == inject.SidecarName && s.RestartCount != 0 {
+		if s.Name == names.SidecarName && s.RestartCount != 0 {
 			t.Errorf("sidecar restart count %d, want 0", s.RestartCount)
 		}
 	}
@@ -265,7 +266,7 @@ func TestStoryOnARealNode(t *testing.T) {
 		if !slices.ContainsFunc(warns.Get(), func(w string) bool { return strings.Contains(w, "thresholds") }) {
 			t.Errorf("no admission warning naming the bad annotation; warnings: %q", warns.Get())
 		}
-		if p.Annotations[inject.StatusAnnotation] == "" {
+		if p.Annotations[names.StatusAnnotation] == "" {
 			t.Errorf("pod with a bad annotation not injected (want the default used)")
 		}
 	})
@@ -307,10 +308,10 @@ func TestStoryOnARealNode(t *testing.T) {
 			t.Fatalf("the Job's pods: %v, %v; want one", pods, err)
 		}
 		p := pods.Items[0]
-		i := slices.IndexFunc(p.Status.InitContainerStatuses, func(s corev1.ContainerStatus) bool { return s.Name == inject.SidecarName })
-		if p.Annotations[inject.StatusAnnotation] == "" || i < 0 || p.Status.Phase != corev1.PodSucceeded {
+		i := slices.IndexFunc(p.Status.InitContainerStatuses, func(s corev1.ContainerStatus) bool { return s.Name == names.SidecarName })
+		if p.Annotations[names.StatusAnnotation] == "" || i < 0 || p.Status.Phase != corev1.PodSucceeded {
 			t.Fatalf("the Job's pod %s: injected %q, phase %s, init containers %+v; want an injected native sidecar and Succeeded",
-				p.Name, p.Annotations[inject.StatusAnnotation], p.Status.Phase, p.Status.InitContainerStatuses)
+				p.Name, p.Annotations[names.StatusAnnotation], p.Status.Phase, p.Status.InitContainerStatuses)
 		}
 		if st := p.Status.InitContainerStatuses[i]; st.State.Terminated == nil || st.RestartCount != 0 {
 			t.Errorf("the Job's sidecar: %+v; want it stopped by the kubelet after the app, never restarted", st)
@@ -323,7 +324,7 @@ func TestStoryOnARealNode(t *testing.T) {
 		if err != nil {
 			t.Fatalf("pod not created with the webhook down (failurePolicy Ignore): %v", err)
 		}
-		if p.Annotations[inject.StatusAnnotation] != "" {
+		if p.Annotations[names.StatusAnnotation] != "" {
 			t.Errorf("pod injected with the webhook down?")
 		}
 	})
@@ -600,9 +601,9 @@ func containerArgs(obj map[string]any) []string {
 // capabilities the README documents, never privileged).
 func checkSidecarSpec(t *testing.T, pod *corev1.Pod) {
 	t.Helper()
-	i := slices.IndexFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == inject.SidecarName })
+	i := slices.IndexFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == names.SidecarName })
 	if i < 0 {
-		t.Fatalf("no native sidecar %s among the init containers %v", inject.SidecarName, pod.Spec.InitContainers)
+		t.Fatalf("no native sidecar %s among the init containers %v", names.SidecarName, pod.Spec.InitContainers)
 	}
 	got := pod.Spec.InitContainers[i].SecurityContext
 	rendered := leakyPod(pod.Name, leakyAnnotations)
@@ -618,7 +619,7 @@ func checkSidecarSpec(t *testing.T, pod *corev1.Pod) {
 		!slices.Equal(got.Capabilities.Add, []corev1.Capability{"SYS_PTRACE", "DAC_READ_SEARCH"}) {
 		t.Errorf("sidecar securityContext %+v: want privileged false, drop ALL, add SYS_PTRACE and DAC_READ_SEARCH only", got)
 	}
-	if mode := pod.Annotations[inject.SecurityModeAnnotation]; mode != settings.SecurityModePrivilegedReader {
+	if mode := pod.Annotations[names.SecurityModeAnnotation]; mode != settings.SecurityModePrivilegedReader {
 		t.Errorf("security mode %q, want %s", mode, settings.SecurityModePrivilegedReader)
 	}
 }
@@ -658,7 +659,7 @@ grep -E '^(Uid|CapEff|CapPrm|NoNewPrivs|Seccomp):' $p/status; awk '$5 == "/sys/f
 
 	t.Logf("sidecar process: %q", facts)
 
-	dir := fmt.Sprintf("/var/log/pods/%s_%s_%s/%s", pod.Namespace, pod.Name, pod.UID, inject.SidecarName)
+	dir := fmt.Sprintf("/var/log/pods/%s_%s_%s/%s", pod.Namespace, pod.Name, pod.UID, names.SidecarName)
 	files, err := n.Collect(t.Context(), dir)
 	if err != nil {
 		t.Fatal(err)

@@ -29,6 +29,7 @@ const mib = 1 << 20
 
 type options struct {
 	addr       string
+	socket     string
 	pprofPath  string
 	silentAddr string
 	shape      string
@@ -49,6 +50,7 @@ type options struct {
 func main() {
 	var o options
 	flag.StringVar(&o.addr, "addr", "127.0.0.1:6060", "listen address of the pprof server; empty disables it")
+	flag.StringVar(&o.socket, "pprof-socket", "", "also serve pprof on this unix socket, as a host daemon's debug socket (containerd's [debug] address)")
 	flag.StringVar(&o.pprofPath, "pprof-path", "/debug/pprof", "URL path under which pprof is served")
 	flag.StringVar(&o.silentAddr, "silent-addr", "", "also listen here, accept connections and never answer (a port the sidecar must not hang on)")
 	flag.StringVar(&o.shape, "shape", "linear", "leak shape: linear, doubling, burst, jump, shmem or none")
@@ -87,6 +89,16 @@ func run(log *slog.Logger, o options) error {
 		}
 		go serve(log, ln, pprofMux(o.pprofPath))
 		log.Info("serving pprof", "addr", ln.Addr().String(), "path", o.pprofPath)
+	}
+	if o.socket != "" {
+		_ = os.Remove(o.socket) // a socket left by a previous run
+		ln, err := net.Listen("unix", o.socket)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", o.socket, err)
+		}
+		defer ln.Close()
+		go serve(log, ln, pprofMux(o.pprofPath))
+		log.Info("serving pprof", "socket", o.socket, "path", o.pprofPath)
 	}
 	if o.silentAddr != "" {
 		ln, err := net.Listen("tcp", o.silentAddr)
@@ -181,9 +193,15 @@ func serve(log *slog.Logger, ln net.Listener, h http.Handler) {
 	}
 }
 
-// acceptSilently holds every connection open without reading or writing.
+// acceptSilently holds every connection open without reading or writing,
+// until the listener closes.
 func acceptSilently(ln net.Listener) {
 	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
 	for {
 		c, err := ln.Accept()
 		if err != nil {

@@ -278,3 +278,23 @@ func (n *Notifier) Close() error {
 	n.wg.Wait()
 	return errors.Join(errs...)
 }
+
+// errV1Writes is why a read-only Notifier of a v1 group polls.
+var errV1Writes = errors.New("v1 notifications are registered by writing cgroup.event_control; this cgroup is read only")
+
+// NotifyReadOnly is Notify for a cgroup that must never be written to (a
+// host daemon's): v1 notifications are registered by writing
+// cgroup.event_control, so a v1 group is polled; v2's memory.events watch
+// is a read and stays.
+func (m *Memory) NotifyReadOnly() *Notifier {
+	if m.version == V2 {
+		return m.Notify()
+	}
+	return Polling(errV1Writes)
+}
+
+// Polling returns a Notifier in ModePoll that never sends a notice, for
+// memory read without a cgroup to be notified by; reason says why.
+func Polling(reason error) *Notifier {
+	return &Notifier{c: make(chan Notice), mode: ModePoll, reason: reason}
+}

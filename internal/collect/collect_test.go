@@ -49,7 +49,13 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	go func() {
+		// Held open, never answered, until the listener closes.
 		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
 		for {
 			c, err := silent.Accept()
 			if err != nil {
@@ -223,27 +229,22 @@ func TestPortsSettingExcludesPprof(t *testing.T) {
 func TestHeldCaptureShippedFinalOnKill(t *testing.T) {
 	f := newFixture(t, []int{pprofPort}, nil)
 	f.c.Enqueue(request("growth", true))
-	f.settle(t, 1)
+	first := f.settle(t, 1)[0]
 	f.c.Enqueue(request("growth", true))
 	// The second held capture replaces the first.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		ids, held := f.spool.Pending()
-		if len(ids) == 1 && held[0] {
-			m, _ := f.spool.Metadata(ids[0])
-			if m != nil && m.CapturedAt.After(time.Time{}) {
-				if len(f.stored(t)) != 0 {
-					t.Fatal("held capture uploaded before any kill")
-				}
-				if time.Since(m.CapturedAt) < 5*time.Second {
-					break
-				}
-			}
+		if len(ids) == 1 && held[0] && ids[0] != first {
+			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("pending %v", ids)
+			t.Fatalf("pending %v held %v, want one held entry replacing %s", ids, held, first)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+	if len(f.stored(t)) != 0 {
+		t.Fatal("held capture uploaded before any kill")
 	}
 	killed := time.Now()
 	f.c.Killed("app", killed)

@@ -251,32 +251,39 @@ type BinaryPaths struct{ Containerd, Shim, Ctr, Kubelet string }
 // Binaries builds containerd, its shim, ctr and the kubelet into
 // ./bin/node unless they are there (the kubelet takes ~7 min cold).
 func Binaries(ctx context.Context) (BinaryPaths, error) {
-	root := vm.ModuleRoot()
-	dir := filepath.Join(root, "bin", "node")
+	b, err := ContainerdBinaries(ctx)
+	if err != nil {
+		return b, err
+	}
+	return b, build(ctx, b.Kubelet, "node", "-ldflags", "-X k8s.io/component-base/version.gitVersion=v1.37.2 "+
+		"-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37",
+		"-o", b.Kubelet, "k8s.io/kubernetes/cmd/kubelet")
+}
+
+// ContainerdBinaries builds containerd, its shim and ctr into ./bin/node
+// unless they are there (~2 min cold), for tests that run containerd on
+// the host too (internal/containerdtest); Kubelet is named, not built.
+func ContainerdBinaries(ctx context.Context) (BinaryPaths, error) {
+	dir := filepath.Join(vm.ModuleRoot(), "bin", "node")
 	b := BinaryPaths{
 		Containerd: filepath.Join(dir, "containerd"), Shim: filepath.Join(dir, "containerd-shim-runc-v2"),
 		Ctr: filepath.Join(dir, "ctr"), Kubelet: filepath.Join(dir, "kubelet"),
 	}
-	builds := []struct {
-		out, module string
-		args        []string
-	}{
-		{b.Ctr, "containerd", []string{"-tags", "no_btrfs", "-o", dir + "/",
-			"github.com/containerd/containerd/v2/cmd/containerd", "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
-			"github.com/containerd/containerd/v2/cmd/ctr"}},
-		{b.Kubelet, "node", []string{"-ldflags", "-X k8s.io/component-base/version.gitVersion=v1.37.2 " +
-			"-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37",
-			"-o", b.Kubelet, "k8s.io/kubernetes/cmd/kubelet"}},
+	return b, build(ctx, b.Ctr, "containerd", "-tags", "no_btrfs", "-o", dir+"/",
+		"github.com/containerd/containerd/v2/cmd/containerd", "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+		"github.com/containerd/containerd/v2/cmd/ctr")
+}
+
+// build runs go build in the tools module .ci/tools/<module> unless out is
+// there.
+func build(ctx context.Context, out, module string, args ...string) error {
+	if _, err := os.Stat(out); err == nil {
+		return nil
 	}
-	for _, bd := range builds {
-		if _, err := os.Stat(bd.out); err == nil {
-			continue
-		}
-		cmd := exec.CommandContext(ctx, "go", append([]string{"-C", filepath.Join(root, ".ci", "tools", bd.module), "build"}, bd.args...)...)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return b, fmt.Errorf("node: building %s: %w\n%s", bd.out, err, out)
-		}
+	cmd := exec.CommandContext(ctx, "go", append([]string{"-C", filepath.Join(vm.ModuleRoot(), ".ci", "tools", module), "build"}, args...)...)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("node: building %s: %w\n%s", out, err, msg)
 	}
-	return b, nil
+	return nil
 }

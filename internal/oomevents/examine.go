@@ -11,7 +11,7 @@ import (
 
 	"github.com/heapwatch/heapwatch/capture/catalog"
 	"github.com/heapwatch/heapwatch/internal/profstat"
-	"github.com/heapwatch/heapwatch/internal/webhook/inject"
+	"github.com/heapwatch/heapwatch/names"
 	"github.com/heapwatch/heapwatch/settings"
 	"github.com/heapwatch/heapwatch/store"
 )
@@ -27,8 +27,8 @@ func (r *Reconciler) examine(ctx context.Context, pod *corev1.Pod, container str
 		return verdict{captured: true, cause: CauseStoredInPod, eventType: corev1.EventTypeNormal, reason: ReasonStoredInPod,
 			message: fmt.Sprintf("container %s was OOM-killed at %s; heapwatch stores its captures in the pod, under %s in container %s "+
 				"(volume %s), which the controller cannot read: kubectl cp %s/%s:%s ./heapwatch-dumps -c %s, then heapwatch explain %s/%s/%s",
-				container, finished.UTC().Format(time.RFC3339), dir, inject.SidecarName, inject.CapturesVolume,
-				pod.Namespace, pod.Name, dir, inject.SidecarName, pod.Namespace, pod.Name, container)}
+				container, finished.UTC().Format(time.RFC3339), dir, names.SidecarName, names.CapturesVolume,
+				pod.Namespace, pod.Name, dir, names.SidecarName, pod.Namespace, pod.Name, container)}
 	}
 	st, err := r.storeFor(ctx, cfg.Storage)
 	if err != nil {
@@ -94,7 +94,7 @@ func topFunction(ctx context.Context, st store.Store, e *catalog.Entry) (string,
 func sidecarSpec(pod *corev1.Pod) *corev1.Container {
 	for _, list := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
 		for i := range list {
-			if list[i].Name == inject.SidecarName {
+			if list[i].Name == names.SidecarName {
 				return &list[i]
 			}
 		}
@@ -105,7 +105,7 @@ func sidecarSpec(pod *corev1.Pod) *corev1.Container {
 func sidecarRunning(pod *corev1.Pod) bool {
 	for _, list := range [][]corev1.ContainerStatus{pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses} {
 		for _, cs := range list {
-			if cs.Name == inject.SidecarName {
+			if cs.Name == names.SidecarName {
 				return cs.State.Running != nil || cs.LastTerminationState.Terminated == nil
 			}
 		}

@@ -43,7 +43,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/heapwatch/heapwatch/capture/catalog"
-	"github.com/heapwatch/heapwatch/internal/webhook/inject"
+	"github.com/heapwatch/heapwatch/names"
 	"github.com/heapwatch/heapwatch/store"
 )
 
@@ -165,7 +165,7 @@ func NewManager(rc *rest.Config, c Config, log *slog.Logger) (manager.Manager, e
 	if c.OpenStore == nil {
 		c.OpenStore = store.Open
 	}
-	injected := labels.SelectorFromSet(labels.Set{inject.StatusLabel: inject.StatusInjected})
+	injected := labels.SelectorFromSet(labels.Set{names.StatusLabel: names.StatusInjected})
 	byObject := cache.ByObject{Label: injected}
 	if c.Namespace != "" {
 		byObject.Namespaces = map[string]cache.Config{c.Namespace: {}}
@@ -197,7 +197,7 @@ func NewManager(rc *rest.Config, c Config, log *slog.Logger) (manager.Manager, e
 		handled: map[string]bool{}, stores: map[string]store.Store{}}
 	err = builder.ControllerManagedBy(mgr).Named("oomevents").
 		For(&corev1.Pod{}, builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
-			return o.GetLabels()[inject.StatusLabel] == inject.StatusInjected
+			return o.GetLabels()[names.StatusLabel] == names.StatusInjected
 		}))).
 		Complete(r)
 	if err != nil {
@@ -234,7 +234,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	var requeue time.Duration
 	for _, cs := range pod.Status.ContainerStatuses {
 		t := cs.LastTerminationState.Terminated
-		if cs.Name == inject.SidecarName || t == nil || t.Reason != oomKilled {
+		if cs.Name == names.SidecarName || t == nil || t.Reason != oomKilled {
 			continue
 		}
 		age := time.Since(t.FinishedAt.Time)

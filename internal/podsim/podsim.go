@@ -44,7 +44,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/heapwatch/heapwatch/settings"
+	"github.com/heapwatch/heapwatch/names"
 )
 
 // MemoryRoot is the cgroup v1 memory hierarchy the pods' groups are made in.
@@ -340,7 +340,7 @@ func (p *Pod) Add(spec ContainerSpec) (*Container, error) {
 	args = append(args, spec.Argv...)
 	cmd := exec.Command("nsenter", args...)
 	cmd.Env = append(os.Environ(), spec.Env...)
-	cmd.Env = append(cmd.Env, settings.ContainerNameEnv+"="+spec.Name)
+	cmd.Env = append(cmd.Env, names.ContainerNameEnv+"="+spec.Name)
 	cmd.Stdout, cmd.Stderr = spec.Stdout, spec.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

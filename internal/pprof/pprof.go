@@ -10,6 +10,7 @@ package pprof
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -30,6 +31,18 @@ var ErrTooLarge = fmt.Errorf("pprof: response %w", source.ErrTooLarge)
 // ErrNotPprof reports a port that answered, but not as net/http/pprof.
 var ErrNotPprof = errors.New("pprof: not a pprof endpoint")
 
+// ErrRefused reports an endpoint that answered 401 or 403: it wants other
+// credentials than those sent (none, or a wrong or expired token).
+var ErrRefused = errors.New("pprof: credentials refused")
+
+// statusErr classifies an answer other than 200 OK.
+func statusErr(resp *http.Response) error {
+	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+		return ErrRefused
+	}
+	return ErrNotPprof
+}
+
 // Options bound every request. Zero fields take the defaults.
 type Options struct {
 	// Path is where pprof is served, e.g. /debug/pprof.
@@ -48,6 +61,18 @@ type Options struct {
 	// NegativeTTL is how long a port found not to serve pprof is not probed
 	// again; a positive answer holds for the life of the process.
 	NegativeTTL time.Duration
+
+	// The fields below are for endpoints other than a pod's plain TCP
+	// ports (see URL): a daemon's unix socket, HTTPS with a token.
+
+	// Socket, when set, is the unix socket every request is dialled to,
+	// whatever the address.
+	Socket string
+	// TLS, when set, makes every request HTTPS with this configuration.
+	TLS *tls.Config
+	// Authorize, when set, adds credentials to every request; an error
+	// fails the request.
+	Authorize func(*http.Request) error
 }
 
 // Defaults for Options.
@@ -129,6 +154,13 @@ func NewClient(opts Options) *Client {
 		MaxIdleConnsPerHost: 1,
 		IdleConnTimeout:     30 * time.Second,
 	}
+	if opts.Socket != "" {
+		d := &net.Dialer{Timeout: opts.DialTimeout}
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, "unix", opts.Socket)
+		}
+	}
+	tr.TLSClientConfig = opts.TLS
 	return &Client{
 		opts:  opts,
 		http:  &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
@@ -249,7 +281,7 @@ func (c *Client) ProbeOne(ctx context.Context, addr string) error {
 		return fmt.Errorf("pprof: probe %s: read: %w", addr, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%w: %s%s/ answered %s", ErrNotPprof, addr, c.opts.Path, resp.Status)
+		return fmt.Errorf("%w: %s%s/ answered %s", statusErr(resp), addr, c.opts.Path, resp.Status)
 	}
 	if !bytes.Contains(body, []byte("heap")) || !bytes.Contains(body, []byte("goroutine")) {
 		return fmt.Errorf("%w: %s%s/ does not list the heap and goroutine profiles", ErrNotPprof, addr, c.opts.Path)
@@ -282,7 +314,11 @@ func (c *Client) Fetch(ctx context.Context, addr, profile string, w io.Writer) (
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return 0, fmt.Errorf("pprof: fetch %s from %s: %s: %s", profile, addr, resp.Status, bytes.TrimSpace(snippet))
+		err := fmt.Errorf("pprof: fetch %s from %s: %s: %s", profile, addr, resp.Status, bytes.TrimSpace(snippet))
+		if statusErr(resp) == ErrRefused {
+			err = fmt.Errorf("%w: %w", ErrRefused, err)
+		}
+		return 0, err
 	}
 	n, err := io.Copy(w, io.LimitReader(resp.Body, c.opts.MaxBytes))
 	if err != nil {
@@ -298,11 +334,20 @@ func (c *Client) Fetch(ctx context.Context, addr, profile string, w io.Writer) (
 }
 
 func (c *Client) get(ctx context.Context, addr, path string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
+	scheme := "http://"
+	if c.opts.TLS != nil {
+		scheme = "https://"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+addr+path, nil)
 	if err != nil {
 		return nil, fmt.Errorf("pprof: request %s%s: %w", addr, path, err)
 	}
 	req.Header.Set("User-Agent", "heapwatch-sidecar")
+	if c.opts.Authorize != nil {
+		if err := c.opts.Authorize(req); err != nil {
+			return nil, fmt.Errorf("pprof: GET %s%s: %w", addr, path, err)
+		}
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("pprof: GET %s%s: %w", addr, path, err)

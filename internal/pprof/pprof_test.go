@@ -22,6 +22,10 @@ import (
 // pprofServer serves the real net/http/pprof handlers under path.
 func pprofServer(t *testing.T, network, path string) string {
 	t.Helper()
+	return serveHTTP(t, network, pprofMux(path))
+}
+
+func pprofMux(path string) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc(path+"/", func(w http.ResponseWriter, r *http.Request) {
 		switch name := strings.TrimPrefix(r.URL.Path, path+"/"); name {
@@ -33,7 +37,7 @@ func pprofServer(t *testing.T, network, path string) string {
 			pprof.Handler(name).ServeHTTP(w, r)
 		}
 	})
-	return serveHTTP(t, network, mux)
+	return mux
 }
 
 func serveHTTP(t *testing.T, network string, h http.Handler) string {

@@ -16,14 +16,26 @@ func (p Proc) PeakRSS() (int64, error) {
 }
 
 // ParsePeakRSS returns the VmHWM line of a /proc/<pid>/status file in bytes.
-func ParsePeakRSS(r io.Reader) (int64, error) {
-	v, err := statusLine(r, "VmHWM:")
+func ParsePeakRSS(r io.Reader) (int64, error) { return statusKB(r, "VmHWM") }
+
+// RSS reads VmRSS from /proc/<pid>/status: the process's resident set in
+// bytes. A kernel thread has none (an ErrMalformed error).
+func (p Proc) RSS() (int64, error) {
+	return readStatus(p, ParseRSS)
+}
+
+// ParseRSS returns the VmRSS line of a /proc/<pid>/status file in bytes.
+func ParseRSS(r io.Reader) (int64, error) { return statusKB(r, "VmRSS") }
+
+// statusKB returns the "<key>: <n> kB" line of a status file in bytes.
+func statusKB(r io.Reader, key string) (int64, error) {
+	v, err := statusLine(r, key+":")
 	if err != nil {
 		return 0, err
 	}
 	kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 	if err != nil || kib < 0 {
-		return 0, fmt.Errorf("status: VmHWM %q: %w", v, ErrMalformed)
+		return 0, fmt.Errorf("status: %s %q: %w", key, v, ErrMalformed)
 	}
 	return kib << 10, nil
 }

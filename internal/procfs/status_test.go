@@ -36,6 +36,34 @@ func TestParsePeakRSS(t *testing.T) {
 	}
 }
 
+func TestParseRSS(t *testing.T) {
+	got, err := ParseRSS(strings.NewReader("Name:\tleaky\nVmHWM:\t   20812 kB\nVmRSS:\t   19000 kB\n"))
+	if err != nil || got != 19000<<10 {
+		t.Errorf("ParseRSS = %d, %v; want %d", got, err, 19000<<10)
+	}
+	if _, err := ParseRSS(strings.NewReader("Name:\tkthreadd\n")); !errors.Is(err, ErrMalformed) {
+		t.Errorf("ParseRSS of a kernel thread: %v, want ErrMalformed", err)
+	}
+	// The live figure of this process, after touching 32 MiB more.
+	fsys, err := NewFS("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := fsys.Proc(os.Getpid()).RSS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 32<<20)
+	for i := 0; i < len(buf); i += 4096 {
+		buf[i] = 1
+	}
+	after, err := fsys.Proc(os.Getpid()).RSS()
+	if err != nil || after < before+30<<20 {
+		t.Errorf("RSS %d -> %d (%v) with 32 MiB more resident", before, after, err)
+	}
+	_ = buf[len(buf)-1]
+}
+
 func TestPeakRSSOfThisProcess(t *testing.T) {
 	fsys, err := NewFS("/proc")
 	if err != nil {

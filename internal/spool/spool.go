@@ -2,10 +2,10 @@
 //
 // A capture is written into a temporary directory and made visible by one
 // rename on Commit, so an entry is either complete or absent, also across a
-// crash. The uploader (Run) drains committed entries oldest first, profiles
-// before the metadata JSON so a reader that sees the .json finds its
-// profiles, and retries failures with jittered exponential backoff. Entries
-// survive a restart and are drained when the spool is opened again. The
+// crash. Flush stores committed entries oldest first, profiles before the
+// metadata JSON so a reader that sees the .json finds its profiles; Ready
+// tells the uploader (internal/ship, which owns retries) when to call it.
+// Entries survive a restart and are drained when the spool is opened again. The
 // spool is bounded in bytes: the oldest entries are dropped to make room,
 // logged and counted. A held entry is kept but not uploaded until Release.
 package spool
@@ -47,42 +47,20 @@ const (
 	entriesDir   = "entries"
 )
 
-// Backoff bounds the uploader's retries.
-type Backoff struct {
-	Initial, Max time.Duration
-}
-
-// DefaultBackoff starts at half a second and caps at a minute.
-var DefaultBackoff = Backoff{Initial: 500 * time.Millisecond, Max: time.Minute}
-
-// next doubles d within the bounds; the caller adds jitter.
-func (b Backoff) next(d time.Duration) time.Duration {
-	if d <= 0 {
-		return b.Initial
-	}
-	return min(2*d, b.Max)
-}
-
-// jitter spreads retries of many sidecars over [d/2, d].
-func jitter(d time.Duration) time.Duration {
-	return d/2 + rand.N(d/2+1)
-}
-
 // Spool is a bounded local queue of captures.
 type Spool struct {
 	dir      string
 	maxBytes int64
 	log      *slog.Logger
 	metrics  *metrics.Metrics
-	backoff  Backoff
 
 	mu      sync.Mutex
 	entries map[string]*entry // committed entries by ID
 	bytes   int64
 	seq     atomic.Uint64
 
-	wake     chan struct{}
-	uploadMu sync.Mutex // one upload pass at a time (Run and Flush)
+	ready    chan struct{}
+	uploadMu sync.Mutex // one upload pass at a time
 }
 
 type entry struct {
@@ -96,7 +74,6 @@ type Options struct {
 	MaxBytes int64
 	Log      *slog.Logger
 	Metrics  *metrics.Metrics
-	Backoff  Backoff
 }
 
 // Open opens (creating) the spool in dir. Uncommitted leftovers of a crash
@@ -109,11 +86,8 @@ func Open(dir string, o Options) (*Spool, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	if o.Backoff.Initial <= 0 || o.Backoff.Max < o.Backoff.Initial {
-		o.Backoff = DefaultBackoff
-	}
-	s := &Spool{dir: dir, maxBytes: o.MaxBytes, log: o.Log, metrics: o.Metrics, backoff: o.Backoff,
-		entries: make(map[string]*entry), wake: make(chan struct{}, 1)}
+	s := &Spool{dir: dir, maxBytes: o.MaxBytes, log: o.Log, metrics: o.Metrics,
+		entries: make(map[string]*entry), ready: make(chan struct{}, 1)}
 	if err := os.RemoveAll(filepath.Join(dir, tmpDir)); err != nil {
 		return nil, fmt.Errorf("spool: clear %s: %w", tmpDir, err)
 	}
@@ -295,17 +269,6 @@ func (s *Spool) Amend(meta *capture.Metadata) (string, error) {
 	return w.Commit(meta, false)
 }
 
-// Metadata returns the metadata of a committed entry.
-func (s *Spool) Metadata(id string) (*capture.Metadata, error) {
-	s.mu.Lock()
-	_, ok := s.entries[id]
-	s.mu.Unlock()
-	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
-	}
-	return s.readMetadata(id)
-}
-
 // Release lets a held entry be uploaded, after update (may be nil) has
 // changed its metadata, e.g. to mark it final.
 func (s *Spool) Release(id string, update func(*capture.Metadata)) error {
@@ -343,40 +306,15 @@ func (s *Spool) Discard(id string) {
 
 func (s *Spool) kick() {
 	select {
-	case s.wake <- struct{}{}:
+	case s.ready <- struct{}{}:
 	default:
 	}
 }
 
-// Run uploads committed entries to st until ctx is done, retrying failures
-// with jittered exponential backoff.
-func (s *Spool) Run(ctx context.Context, st store.Store) {
-	var delay time.Duration
-	for {
-		if err := s.Flush(ctx, st); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			delay = s.backoff.next(delay)
-			wait := jitter(delay)
-			s.log.Error("storing captures failed; they stay in the spool and are retried",
-				"storage", st.String(), "retryIn", wait.Round(time.Millisecond), "err", err,
-				"credentials", errors.Is(err, store.ErrCredentials))
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(wait):
-			}
-			continue
-		}
-		delay = 0
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.wake:
-		}
-	}
-}
+// Ready receives after an entry became ready for upload (committed unheld,
+// or released) since the last receive; the uploader (internal/ship) then
+// calls Flush.
+func (s *Spool) Ready() <-chan struct{} { return s.ready }
 
 // Flush uploads every committed, unheld entry now, oldest first, and stops
 // at the first failure.

@@ -15,11 +15,8 @@ import (
 
 	"github.com/heapwatch/heapwatch/capture"
 	"github.com/heapwatch/heapwatch/internal/metrics"
-	"github.com/heapwatch/heapwatch/internal/testkit"
 	"github.com/heapwatch/heapwatch/store"
 )
-
-var fastBackoff = Backoff{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond}
 
 // recorder is a real file store that also records the order of Puts.
 type recorder struct {
@@ -49,7 +46,7 @@ func fileStore(t *testing.T, dir string) store.Store {
 
 func openSpool(t *testing.T, dir string, max int64, m *metrics.Metrics) *Spool {
 	t.Helper()
-	s, err := Open(dir, Options{MaxBytes: max, Metrics: m, Backoff: fastBackoff})
+	s, err := Open(dir, Options{MaxBytes: max, Metrics: m})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,40 +237,37 @@ func TestSurvivesRestart(t *testing.T) {
 	readMeta(t, st, m1)
 }
 
-func TestRunRetriesUntilStorageWorks(t *testing.T) {
-	m := metrics.New()
-	s := openSpool(t, t.TempDir(), 1<<20, m)
-	// A regular file where the storage directory should be: every Put
-	// fails for real until it is removed.
-	storeDir := filepath.Join(t.TempDir(), "captures")
-	if err := os.WriteFile(storeDir, nil, 0o600); err != nil {
+func TestReadyOnCommitAndRelease(t *testing.T) {
+	s := openSpool(t, t.TempDir(), 1<<20, nil)
+	ready := func() bool {
+		select {
+		case <-s.Ready():
+			return true
+		default:
+			return false
+		}
+	}
+	if ready() {
+		t.Error("an empty spool is ready")
+	}
+	addCapture(t, s, 1, 100, false)
+	addCapture(t, s, 2, 100, false)
+	if !ready() {
+		t.Error("not ready after a commit")
+	}
+	if ready() {
+		t.Error("two commits before a receive are two signals; the uploader flushes both in one pass")
+	}
+	id, _ := addCapture(t, s, 3, 100, true)
+	if ready() {
+		t.Error("ready after a held commit")
+	}
+	if err := s.Release(id, nil); err != nil {
 		t.Fatal(err)
 	}
-	st := fileStore(t, storeDir)
-	_, meta := addCapture(t, s, 1, 100, false)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { s.Run(ctx, st); close(done) }()
-	defer func() { cancel(); <-done }()
-
-	waitFor(t, func() bool { return counter(t, m, "heapwatch_upload_failures_total") >= 3 })
-	if ids, _ := s.Pending(); len(ids) != 1 {
-		t.Fatalf("entry lost while storage fails: pending %v", ids)
+	if !ready() {
+		t.Error("not ready after Release")
 	}
-	if err := os.Remove(storeDir); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, func() bool { ids, _ := s.Pending(); return len(ids) == 0 })
-	readMeta(t, st, meta)
-	// New commits wake the uploader.
-	_, meta2 := addCapture(t, s, 2, 100, false)
-	waitFor(t, func() bool { ids, _ := s.Pending(); return len(ids) == 0 })
-	readMeta(t, st, meta2)
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	testkit.WaitFor(t, 10*time.Second, "the condition", cond)
 }
 
 func TestBadProfileNames(t *testing.T) {
@@ -283,24 +277,6 @@ func TestBadProfileNames(t *testing.T) {
 	for _, name := range []string{"", "../x", "a/b", metadataFile, heldMarker, ".hidden"} {
 		if _, err := w.Create(name); err == nil || !strings.Contains(err.Error(), "bad profile name") {
 			t.Errorf("Create(%q): %v", name, err)
-		}
-	}
-}
-
-func TestBackoff(t *testing.T) {
-	b := Backoff{Initial: time.Second, Max: 5 * time.Second}
-	var d time.Duration
-	var got []time.Duration
-	for range 5 {
-		d = b.next(d)
-		got = append(got, d)
-	}
-	if want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second}; !slices.Equal(got, want) {
-		t.Errorf("backoff %v, want %v", got, want)
-	}
-	for range 100 {
-		if j := jitter(4 * time.Second); j < 2*time.Second || j > 4*time.Second {
-			t.Fatalf("jitter(4s) = %v, want within [2s, 4s]", j)
 		}
 	}
 }

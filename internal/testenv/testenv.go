@@ -62,7 +62,7 @@ func assets() (string, error) {
 	}
 	for _, bin := range []string{"kube-apiserver", "etcd"} {
 		if _, err := os.Stat(filepath.Join(dir, bin)); err != nil {
-			return "", fmt.Errorf("%w (looked in %s: %v)", ErrNoBinaries, dir, err)
+			return "", fmt.Errorf("%w (looked in %s: %w)", ErrNoBinaries, dir, err)
 		}
 	}
 	return dir, nil

@@ -3,7 +3,7 @@
 // passes the time of each sample, so tests drive it with a fake clock.
 //
 // Each kind of trigger is a rule (ladder.go, absolute.go, predictive.go,
-// growth.go) that only says "I fire now, because"; one arbiter
+// growth.go, steps.go) that only says "I fire now, because"; one arbiter
 // (arbiter.go) applies the cooldown, the hourly caps, the held-capture
 // spacing and the demotion of a suppressed shipped capture to a held one.
 // A new kind is a new file with a new rule and one line in [rules].
@@ -53,6 +53,8 @@ const (
 	KindPredictive Kind = "predictive"
 	KindGrowth     Kind = "growth"
 	KindAbsolute   Kind = "absolute"
+	KindBaseline   Kind = "baseline"
+	KindStep       Kind = "step"
 	// KindThresholdPrefix is followed by the rung, e.g. "threshold-75".
 	KindThresholdPrefix = "threshold-"
 )
@@ -103,6 +105,10 @@ type Options struct {
 	// 10): above the floor, each rise of the high-water mark by a step
 	// takes a held capture.
 	GrowthFloor, GrowthStep float64
+	// StepRatio (e.g. 0.25) or StepBytes: a capture at the first sample,
+	// then one at every step of growth over it (steps.go); 0: none.
+	StepRatio float64
+	StepBytes uint64
 	// Cooldown is the minimum time between two shipped captures.
 	Cooldown time.Duration
 	// MaxPerHour caps shipped captures per sliding hour.
@@ -175,7 +181,11 @@ type reporter interface {
 // sample is the one capture of that sample, so shipped kinds come before
 // the held growth capture.
 func rules(o Options) []rule {
-	rs := []rule{newLadder(o)}
+	var rs []rule
+	if o.stepsOn() {
+		rs = append(rs, &steps{o: o}) // first: the baseline is the first sample's capture
+	}
+	rs = append(rs, newLadder(o))
 	if o.Absolute > 0 {
 		rs = append(rs, &absolute{o: o, armed: true})
 	}
@@ -187,8 +197,8 @@ func rules(o Options) []rule {
 
 // Watches reports whether a container with this limit (0 = none) is
 // watched at all: containers without a limit only with an absolute
-// threshold.
-func (o Options) Watches(limit uint64) bool { return limit > 0 || o.Absolute > 0 }
+// threshold or growth steps.
+func (o Options) Watches(limit uint64) bool { return limit > 0 || o.Absolute > 0 || o.stepsOn() }
 
 // Levels returns the usage levels, in bytes and ascending, at which a
 // kernel notification should wake the watcher: every rung and its re-arm

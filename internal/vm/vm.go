@@ -167,7 +167,7 @@ func Boot(ctx context.Context, cfg Config) (_ *VM, err error) {
 	select {
 	case v.Kernel = <-v.ready:
 	case <-v.exited:
-		return nil, fmt.Errorf("vm: QEMU exited during boot: %v\n%s", v.readErr(), v.tail())
+		return nil, fmt.Errorf("vm: QEMU exited during boot: %w\n%s", v.readErr(), v.tail())
 	case <-ctx.Done():
 		return nil, fmt.Errorf("vm: guest not ready within %v (accel %s): %w\n%s", cfg.BootTimeout, Accel, ctx.Err(), v.tail())
 	}
@@ -338,7 +338,7 @@ func (v *VM) Run(ctx context.Context, c Command) (*Result, error) {
 		}
 		return res, nil
 	case <-v.exited:
-		return nil, fmt.Errorf("vm: QEMU exited while running %q: %v\n%s", c.Argv, v.readErr(), v.tail())
+		return nil, fmt.Errorf("vm: QEMU exited while running %q: %w\n%s", c.Argv, v.readErr(), v.tail())
 	case <-ctx.Done():
 		v.kill()
 		v.mu.Lock()

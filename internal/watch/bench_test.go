@@ -90,13 +90,13 @@ func cpuPercent(b *testing.B) float64 {
 func watchOne(b *testing.B, w *Watcher) Status {
 	startWatcher(b, w)
 	deadline := time.Now().Add(5 * time.Second)
-	for len(w.Snapshot()) == 0 {
+	for len(snapshot(w)) == 0 {
 		if time.Now().After(deadline) {
 			b.Fatal("container not watched")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return w.Snapshot()[0]
+	return snapshot(w)[0]
 }
 
 // podView is the /proc of an emulated pod's PID namespace: what a sidecar

@@ -40,7 +40,7 @@ const aliveEvery = time.Second
 type watched struct {
 	w        *Watcher
 	s        *sampler
-	mem      *cgroup.Memory
+	mem      memory
 	notifier *cgroup.Notifier
 	trig     *trigger.Trigger
 	key      string
@@ -74,14 +74,6 @@ func (c *watched) container() Container {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.c
-}
-
-func (c *watched) status() Status {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ct := c.c
-	ct.PIDs = slices.Clone(ct.PIDs)
-	return Status{Container: ct, Last: c.last}
 }
 
 func (c *watched) setPIDs(pids []int) {
@@ -212,7 +204,7 @@ func (c *watched) tick(detected time.Time) error {
 	}
 	// The working set, not raw usage, is compared: page cache near the
 	// limit is reclaimed before any OOM kill and is no leak.
-	d := c.trig.Observe(trigger.Sample{Time: s.Time, Usage: s.WorkingSet, Limit: s.Limit})
+	d := c.trig.Observe(trigger.Sample{Time: s.Time, Usage: s.WorkingSet, Limit: c.w.limitOf(s)})
 	if d.Suppressed != "" {
 		h.Suppressed(ct, string(d.Kind), d.Suppressed)
 	}

@@ -29,4 +29,8 @@ type Group struct {
 	// program, so its set-up is over and it is opened at once, within one
 	// interval of appearing; else only after settleAge.
 	Settled bool
+	// RSS: the group has no memory cgroup of its own (the root cgroup, or
+	// one shared with unrelated processes), so its memory is its members'
+	// resident set from /proc/<pid>/status, not Path's figures.
+	RSS bool
 }

@@ -80,7 +80,7 @@ func TestFixtureV2(t *testing.T) {
 	w := New(Options{Rescan: 50 * time.Millisecond, Trigger: trigger.Options{Thresholds: []float64{75}, GrowthFloor: 99}}, fsys, rec, testLogger(t))
 	startWatcher(t, w)
 	waitFor(t, 5*time.Second, "the app to be watched", func() bool { _, ok := find(w, "app"); return ok })
-	if snap := w.Snapshot(); len(snap) != 1 {
+	if snap := snapshot(w); len(snap) != 1 {
 		t.Fatalf("watching %+v, want only the app", snap)
 	}
 	st, _ := find(w, "app")

@@ -7,7 +7,7 @@ import (
 
 	"github.com/heapwatch/heapwatch/capture"
 	"github.com/heapwatch/heapwatch/internal/procfs"
-	"github.com/heapwatch/heapwatch/settings"
+	"github.com/heapwatch/heapwatch/names"
 )
 
 // PodContainers discovers the other containers of the sidecar's pod in
@@ -182,7 +182,7 @@ func (d *PodContainers) name(key string, members []int, path string) (name strin
 // is settled.
 func (d *PodContainers) envName(members []int) (string, bool) {
 	for _, pid := range members {
-		if v, ok, err := d.fs.Proc(pid).Getenv(settings.ContainerNameEnv); err == nil && ok && v != "" {
+		if v, ok, err := d.fs.Proc(pid).Getenv(names.ContainerNameEnv); err == nil && ok && v != "" {
 			return v, true
 		}
 	}
@@ -201,7 +201,7 @@ func PodFromEnv(lookup func(string) (string, bool)) capture.PodContainer {
 		v, _ := lookup(k)
 		return strings.TrimSpace(v)
 	}
-	p := capture.PodContainer{Namespace: get(settings.EnvPodNamespace), Pod: get(settings.EnvPodName), UID: get(settings.EnvPodUID), Node: get(settings.EnvNodeName)}
+	p := capture.PodContainer{Namespace: get(names.EnvPodNamespace), Pod: get(names.EnvPodName), UID: get(names.EnvPodUID), Node: get(names.EnvNodeName)}
 	host, _ := os.Hostname()
 	if p.Pod == "" {
 		p.Pod = host

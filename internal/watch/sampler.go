@@ -199,6 +199,9 @@ func (s *sampler) remove(c *watched, err error) {
 	}
 	w.mu.Unlock()
 	c.close()
+	if w.o.OnGone != nil {
+		w.o.OnGone(c.container())
+	}
 	if !errors.Is(err, errNoProcesses) && !errors.Is(err, cgroup.ErrGone) {
 		w.log.Warn("stopped watching container", "container", c.c.Name, "why", err)
 	} else {

@@ -1,6 +1,8 @@
 package watch
 
 import (
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -59,7 +61,7 @@ func (w *Watcher) scan(wg *sync.WaitGroup) (young bool) {
 			young = true
 			continue
 		}
-		if u := w.start(wg, key, Group{Path: found[key].Path, PIDs: members}); u != nil {
+		if u := w.start(wg, key, found[key]); u != nil {
 			verdicts[key] = *u
 		}
 	}
@@ -91,18 +93,7 @@ func (w *Watcher) start(wg *sync.WaitGroup, key string, g Group) *Unwatched {
 	if !w.wanted(name) {
 		return &Unwatched{Container: name, Reason: ReasonNotInWatchList, PIDs: members}
 	}
-	var dir string
-	var version cgroup.Version
-	var err error
-	for _, pid := range members {
-		if dir, version, err = cgroup.Locate(w.fs.Proc(pid)); err == nil {
-			break
-		}
-	}
-	var mem *cgroup.Memory
-	if err == nil {
-		mem, err = cgroup.Open(dir)
-	}
+	mem, dir, version, err := w.open(g)
 	if err != nil {
 		return w.unreadable(name, members, err)
 	}
@@ -111,7 +102,7 @@ func (w *Watcher) start(wg *sync.WaitGroup, key string, g Group) *Unwatched {
 		mem.Close()
 		return w.unreadable(name, members, err)
 	}
-	if !w.o.Trigger.Watches(s.Limit) {
+	if !w.o.Trigger.Watches(w.limitOf(s)) {
 		mem.Close()
 		return &Unwatched{Container: name, Reason: ReasonNoLimit, PIDs: members,
 			Detail: "no memory limit and no absolute threshold (heapwatch.io/threshold-bytes) is set"}
@@ -120,15 +111,61 @@ func (w *Watcher) start(wg *sync.WaitGroup, key string, g Group) *Unwatched {
 	return nil
 }
 
-// watch starts sampling an opened cgroup whose first sample is s.
-func (w *Watcher) watch(wg *sync.WaitGroup, key, name string, target capture.Target, dir string, version cgroup.Version, members []int, mem *cgroup.Memory, s Sample) {
-	// Idle samples reuse memory.stat for a second; a move of 1 % of the
-	// limit (1 MiB without one) re-reads it.
-	mem.SetStatRefresh(time.Second, max(s.Limit/100, 1<<20))
-	n := mem.Notify()
+// open opens what a group's memory is read from: its cgroup, found
+// through a member's view, or its members' resident set (Group.RSS).
+func (w *Watcher) open(g Group) (mem memory, dir string, version cgroup.Version, err error) {
+	if g.RSS {
+		return newRSSMemory(w.fs, g.PIDs), "", 0, nil
+	}
+	if w.o.CgroupRoot != "" {
+		return openUnder(w.o.CgroupRoot, g.Path)
+	}
+	for _, pid := range g.PIDs {
+		if dir, version, err = cgroup.Locate(w.fs.Proc(pid)); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return nil, "", 0, err
+	}
+	m, err := cgroup.Open(dir)
+	if err != nil {
+		return nil, "", 0, err
+	}
+	return m, dir, version, nil
+}
+
+// limitOf is the limit the trigger compares s against: the group's own,
+// else Options.NodeMemory.
+func (w *Watcher) limitOf(s Sample) uint64 {
+	if s.Limit == 0 {
+		return w.o.NodeMemory
+	}
+	return s.Limit
+}
+
+// watch starts sampling an opened group whose first sample is s.
+func (w *Watcher) watch(wg *sync.WaitGroup, key, name string, target capture.Target, dir string, version cgroup.Version, members []int, mem memory, s Sample) {
+	var n *cgroup.Notifier
+	switch m := mem.(type) {
+	case *cgroup.Memory:
+		// Idle samples reuse memory.stat for a second; a move of 1 % of the
+		// limit (1 MiB without one) re-reads it.
+		m.SetStatRefresh(time.Second, max(s.Limit/100, 1<<20))
+		if w.o.ReadOnly {
+			n = m.NotifyReadOnly()
+		} else {
+			n = m.Notify()
+		}
+	default:
+		n = cgroup.Polling(errNoCgroupOfItsOwn)
+	}
 	c := &watched{w: w, s: w.sampler, mem: mem, notifier: n, trig: trigger.New(w.o.Trigger), key: key,
 		c:    Container{Name: name, Target: target, CgroupPath: dir, PIDs: members, Version: version, Notify: n.Mode()},
 		last: s, oomKills: s.OOMKills, stop: make(chan struct{}), aliveAt: s.Time}
+	if r, ok := mem.(*rssMemory); ok {
+		r.follow(func() []int { return c.container().PIDs })
+	}
 	if n.Mode() == cgroup.ModePoll {
 		w.logPollOnce(c.c, n.Reason())
 	}
@@ -139,4 +176,18 @@ func (w *Watcher) watch(wg *sync.WaitGroup, key, name string, target capture.Tar
 	w.mu.Unlock()
 	wg.Go(c.forward)
 	w.sampler.add(c)
+}
+
+// openUnder opens the memory cgroup at path under a cgroupfs mounted at
+// root: the v1 memory hierarchy when root has one, else v2.
+func openUnder(root, path string) (memory, string, cgroup.Version, error) {
+	dir := filepath.Join(root, "memory", path)
+	if _, err := os.Stat(filepath.Join(root, "memory")); err != nil {
+		dir = filepath.Join(root, path)
+	}
+	m, err := cgroup.Open(dir)
+	if err != nil {
+		return nil, "", 0, err
+	}
+	return m, dir, m.Version(), nil
 }

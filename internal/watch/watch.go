@@ -9,7 +9,6 @@ package watch
 import (
 	"context"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/heapwatch/heapwatch/internal/cgroup"
 	"github.com/heapwatch/heapwatch/internal/procfs"
 	"github.com/heapwatch/heapwatch/internal/trigger"
+	"github.com/heapwatch/heapwatch/settings"
 )
 
 // Container is one watched container: the processes sharing a memory
@@ -97,21 +97,35 @@ type Options struct {
 	// must be cheap. It is called from Container-by-Container sampling in
 	// one goroutine (watched.tick): the one place a sample is produced.
 	OnSample func(c Container, s Sample)
+	// OnGone, if set, is called when a container stops being watched (its
+	// processes are gone, or its cgroup), from the sampling goroutine.
+	OnGone func(Container)
 	// OnUnwatched, if set, is called with the containers not watched
 	// whenever that list changes (for metrics).
 	OnUnwatched func([]Unwatched)
+	// NodeMemory, if set, is the limit the trigger compares a group
+	// without one against (the agent: the node's MemTotal).
+	NodeMemory uint64
+	// ReadOnly: never write to a watched cgroup, so no v1 kernel
+	// notification (they are registered by writing cgroup.event_control);
+	// the agent never writes to a host daemon's cgroup.
+	ReadOnly bool
+	// CgroupRoot, if set, is where groups' cgroups are opened (the host's
+	// cgroupfs as mounted for the agent: <root>/memory/<path> on v1,
+	// <root>/<path> on v2) instead of through a member's /proc/<pid>/root,
+	// which needs ptrace access to the member.
+	CgroupRoot string
+	// NoProbe: rescan only every Rescan, not also when a new process
+	// appears. On a host processes come and go all the time; a daemon
+	// that restarts is found when its old process is seen gone (within a
+	// second), a new one within one Rescan.
+	NoProbe bool
 }
 
 const (
 	defaultRescan   = 10 * time.Second
 	defaultInterval = 100 * time.Millisecond // trigger.Options' default
 )
-
-// Status is a container's latest state, for metrics and debugging.
-type Status struct {
-	Container Container
-	Last      Sample
-}
 
 // Watcher discovers and watches containers.
 type Watcher struct {
@@ -170,10 +184,13 @@ func (w *Watcher) Run(ctx context.Context) error {
 		return err
 	}
 	w.sampler = s
-	probe := newProbe(w.fs.Root())
+	probe := &probe{}
+	if !w.o.NoProbe {
+		probe = newProbe(w.fs.Root())
+	}
 	defer probe.close()
 	rescan := w.o.Rescan
-	if !probe.ok() {
+	if !probe.ok() && !w.o.NoProbe {
 		rescan = min(rescan, time.Second)
 	}
 	var wg sync.WaitGroup
@@ -216,30 +233,6 @@ func (w *Watcher) Run(ctx context.Context) error {
 // a new process or a lost container.
 const settleFor = time.Second
 
-// Snapshot returns the latest state of every watched container.
-func (w *Watcher) Snapshot() []Status {
-	w.mu.Lock()
-	list := make([]*watched, 0, len(w.containers))
-	for _, c := range w.containers {
-		list = append(list, c)
-	}
-	w.mu.Unlock()
-	out := make([]Status, 0, len(list))
-	for _, c := range list {
-		out = append(out, c.status())
-	}
-	slices.SortFunc(out, func(a, b Status) int {
-		if a.Container.Name < b.Container.Name {
-			return -1
-		}
-		if a.Container.Name > b.Container.Name {
-			return 1
-		}
-		return 0
-	})
-	return out
-}
-
 func (w *Watcher) requestRescan() {
 	select {
 	case w.rescan <- struct{}{}:
@@ -247,10 +240,8 @@ func (w *Watcher) requestRescan() {
 	}
 }
 
-// wanted applies the name filter.
-func (w *Watcher) wanted(name string) bool {
-	return len(w.o.Containers) == 0 || slices.Contains(w.o.Containers, name)
-}
+// wanted applies the name filter, by the containers setting's rule.
+func (w *Watcher) wanted(name string) bool { return settings.Watches(w.o.Containers, name) }
 
 // logPollOnce logs the fallback to polling once per sidecar, at info; the
 // mode of each container is in its Container and at debug level.

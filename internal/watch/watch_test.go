@@ -116,8 +116,34 @@ func startWatcher(t testing.TB, w *Watcher) *Watcher {
 
 var waitFor = testkit.WaitFor
 
+// Status is a watched container's latest state, as the test sees it.
+type Status struct {
+	Container Container
+	Last      Sample
+}
+
+// snapshot is what the watcher is watching now, by container name.
+func snapshot(w *Watcher) []Status {
+	w.mu.Lock()
+	list := make([]*watched, 0, len(w.containers))
+	for _, c := range w.containers {
+		list = append(list, c)
+	}
+	w.mu.Unlock()
+	out := make([]Status, 0, len(list))
+	for _, c := range list {
+		c.mu.Lock()
+		ct := c.c
+		ct.PIDs = slices.Clone(ct.PIDs)
+		out = append(out, Status{Container: ct, Last: c.last})
+		c.mu.Unlock()
+	}
+	slices.SortFunc(out, func(a, b Status) int { return strings.Compare(a.Container.Name, b.Container.Name) })
+	return out
+}
+
 func find(w *Watcher, name string) (Status, bool) {
-	for _, s := range w.Snapshot() {
+	for _, s := range snapshot(w) {
 		if s.Container.Name == name {
 			return s, true
 		}
@@ -249,7 +275,7 @@ func TestRealDiscovery(t *testing.T) {
 	if sb.Last.Limit != 32*mib {
 		t.Errorf("second container limit %d", sb.Last.Limit)
 	}
-	for _, s := range w.Snapshot() {
+	for _, s := range snapshot(w) {
 		if slices.Contains(s.Container.PIDs, os.Getpid()) || s.Container.Name == selfName {
 			t.Errorf("the sidecar's own process or cgroup is watched: %+v", s.Container)
 		}

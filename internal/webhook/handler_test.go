@@ -26,6 +26,7 @@ import (
 
 	"github.com/heapwatch/heapwatch/internal/webhook/inject"
 	"github.com/heapwatch/heapwatch/internal/webhook/internal/podgen"
+	"github.com/heapwatch/heapwatch/names"
 	"github.com/heapwatch/heapwatch/settings"
 )
 
@@ -127,10 +128,10 @@ func TestHandlePatchesPod(t *testing.T) {
 			pod:       podgen.Pod("leaky", podgen.InitContainer("migrate"), podgen.Containers("worker")),
 			namespace: "team-a",
 			check: func(t *testing.T, got *corev1.Pod) {
-				if names := []string{got.Spec.InitContainers[0].Name, got.Spec.InitContainers[1].Name}; !slices.Equal(names, []string{"migrate", inject.SidecarName}) {
-					t.Errorf("init containers = %v", names)
+				if got := []string{got.Spec.InitContainers[0].Name, got.Spec.InitContainers[1].Name}; !slices.Equal(got, []string{"migrate", names.SidecarName}) {
+					t.Errorf("init containers = %v", got)
 				}
-				if v := got.Spec.Containers[1].Env[len(got.Spec.Containers[1].Env)-1]; v.Name != settings.ContainerNameEnv || v.Value != "worker" {
+				if v := got.Spec.Containers[1].Env[len(got.Spec.Containers[1].Env)-1]; v.Name != names.ContainerNameEnv || v.Value != "worker" {
 					t.Errorf("worker's last env = %+v", v)
 				}
 			},
@@ -144,14 +145,14 @@ func TestHandlePatchesPod(t *testing.T) {
 				t.Fatalf("not allowed: %+v", resp.Result)
 			}
 			got := unmarshalPod(t, applyPatch(t, raw, resp))
-			sc := findContainer(got.Spec.InitContainers, inject.SidecarName)
+			sc := findContainer(got.Spec.InitContainers, names.SidecarName)
 			if sc == nil {
 				t.Fatal("no sidecar after patching")
 			}
 			if sc.EnvFrom[0].SecretRef.Name != "heapwatch-s3" || !*sc.EnvFrom[0].SecretRef.Optional {
 				t.Errorf("credentials envFrom = %+v", sc.EnvFrom)
 			}
-			if !*got.Spec.ShareProcessNamespace || got.Annotations[inject.StatusAnnotation] != inject.StatusInjected {
+			if !*got.Spec.ShareProcessNamespace || got.Annotations[names.StatusAnnotation] != names.StatusInjected {
 				t.Error("shareProcessNamespace or status annotation missing")
 			}
 			if app := findContainer(got.Spec.Containers, "app"); app == nil || app.Env[0].Name != "LOG_LEVEL" {
@@ -183,7 +184,7 @@ func TestPatchEqualsInjection(t *testing.T) {
 		"plain":              podJSON(t, podgen.Pod("p")),
 		"init and volumes":   podJSON(t, podgen.Pod("p", podgen.InitContainer("migrate"), podgen.Volume("data"), podgen.Containers("worker"))),
 		"annotated":          podJSON(t, podgen.Pod("p", podgen.Annotations("heapwatch.io/containers", "worker", "heapwatch.io/memory-request", "1Gi"), podgen.Containers("worker"))),
-		"stale name env":     podJSON(t, podgen.Pod("p", podgen.Env("app", settings.ContainerNameEnv, "old"))),
+		"stale name env":     podJSON(t, podgen.Pod("p", podgen.Env("app", names.ContainerNameEnv, "old"))),
 		"file storage":       podJSON(t, podgen.Pod("p", podgen.Annotations("heapwatch.io/storage", "file:///data/prof"))),
 		"explicit share pns": podJSON(t, podgen.Pod("p", podgen.ShareProcessNamespace(true))),
 		"same-uid":           podJSON(t, podgen.Pod("p", podgen.RunAs(1000, 1000), podgen.Restricted())),
@@ -230,11 +231,11 @@ func TestHandleRawShapes(t *testing.T) {
 			resp := testHandler().Handle(context.Background(), request(raw, "team-a"))
 			patched := applyPatch(t, raw, resp)
 			got := unmarshalPod(t, patched)
-			if findContainer(got.Spec.InitContainers, inject.SidecarName) == nil || !*got.Spec.ShareProcessNamespace ||
-				got.Annotations[inject.StatusAnnotation] != inject.StatusInjected {
+			if findContainer(got.Spec.InitContainers, names.SidecarName) == nil || !*got.Spec.ShareProcessNamespace ||
+				got.Annotations[names.StatusAnnotation] != names.StatusInjected {
 				t.Fatalf("not injected: %s", patched)
 			}
-			if app := findContainer(got.Spec.Containers, "app"); app == nil || app.Env[len(app.Env)-1].Name != settings.ContainerNameEnv {
+			if app := findContainer(got.Spec.Containers, "app"); app == nil || app.Env[len(app.Env)-1].Name != names.ContainerNameEnv {
 				t.Errorf("app env after patch: %s", patched)
 			}
 			var before, after map[string]any
@@ -290,10 +291,10 @@ func TestHandleSkipsWithoutPatch(t *testing.T) {
 		reason      inject.Reason
 		warning     string
 	}{
-		{"opt-out annotation", podgen.Pod("p", podgen.Annotations(inject.InjectAnnotation, "false")), false, inject.ReasonOptOut, "opted out"},
+		{"opt-out annotation", podgen.Pod("p", podgen.Annotations(names.InjectAnnotation, "false")), false, inject.ReasonOptOut, "opted out"},
 		{"hostPID", podgen.Pod("p", podgen.HostPID()), false, inject.ReasonHostPID, "hostPID"},
 		{"windows", podgen.Pod("p", podgen.OS(corev1.Windows)), false, inject.ReasonWindows, "Windows"},
-		{"already injected", podgen.Pod("p", podgen.Annotations(inject.StatusAnnotation, inject.StatusInjected)), false, inject.ReasonAlreadyInjected, ""},
+		{"already injected", podgen.Pod("p", podgen.Annotations(names.StatusAnnotation, names.StatusInjected)), false, inject.ReasonAlreadyInjected, ""},
 		{"same-uid only, no runAsUser", podgen.Pod("p"), true, inject.ReasonNeedsSameUID, "set runAsUser and runAsGroup"},
 	}
 	for _, tt := range tests {
@@ -378,7 +379,7 @@ func TestHandleHugePod(t *testing.T) {
 		t.Fatalf("allowed=%v warnings=%d (first %d bytes), want allowed with one short warning", resp.Allowed, len(resp.Warnings), len(resp.Warnings[0]))
 	}
 	got := unmarshalPod(t, applyPatch(t, raw, resp))
-	if len(got.Annotations["blob"]) != 3<<20 || findContainer(got.Spec.InitContainers, inject.SidecarName) == nil {
+	if len(got.Annotations["blob"]) != 3<<20 || findContainer(got.Spec.InitContainers, names.SidecarName) == nil {
 		t.Error("huge pod not injected intact")
 	}
 }

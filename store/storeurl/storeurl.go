@@ -120,7 +120,8 @@ func Parse(rawURL string) (Location, error) {
 
 // unwrapURLError drops url.Error's repetition of the whole URL.
 func unwrapURLError(err error) error {
-	if ue, ok := err.(*url.Error); ok {
+	var ue *url.Error
+	if errors.As(err, &ue) {
 		return ue.Err
 	}
 	return err

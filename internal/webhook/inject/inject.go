@@ -17,40 +17,11 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/utils/ptr"
 
+	"github.com/heapwatch/heapwatch/names"
 	"github.com/heapwatch/heapwatch/settings"
 )
 
 const (
-	// SidecarName is the injected container's name. A pod that already has a
-	// container of this name is never injected again.
-	SidecarName = "heapwatch"
-	// InjectLabel on a namespace ("enabled") opts its pods in; on a pod
-	// ("disabled") opts the pod out. The webhook configuration's selectors
-	// match it, so the API server does not even call the webhook for pods
-	// outside opted-in namespaces or for opted-out pods.
-	InjectLabel = settings.AnnotationPrefix + "inject"
-	// InjectAnnotation set to "false" on a pod opts it out.
-	InjectAnnotation = settings.AnnotationPrefix + "inject"
-	// StatusAnnotation records that the pod was injected; its presence makes
-	// any later admission (reinvocation, a copied pod spec) a no-op.
-	StatusAnnotation = settings.AnnotationPrefix + "status"
-	// StatusInjected is the value of StatusAnnotation on injected pods.
-	StatusInjected = "injected"
-	// StatusLabel (= StatusInjected) marks injected pods too, so that the
-	// controller can watch only them with a label selector.
-	StatusLabel = settings.AnnotationPrefix + "status"
-	// SecurityModeAnnotation records the security mode the webhook chose for
-	// the pod's sidecar (settings.SecurityModeSameUID or
-	// settings.SecurityModePrivilegedReader). The request is the setting
-	// heapwatch.io/security-mode; this is the outcome.
-	SecurityModeAnnotation = settings.AnnotationPrefix + "applied-security-mode"
-
-	// SpoolVolume is mounted at settings.SpoolDir and holds captures until stored.
-	SpoolVolume = "heapwatch-spool"
-	// CapturesVolume is mounted at the directory of a file:// storage URL so
-	// the sidecar can write there despite its read-only root filesystem.
-	CapturesVolume = "heapwatch-captures"
-
 	// The spool emptyDir's sizeLimit is spool-bytes plus a quarter. The
 	// sidecar keeps the spool under spool-bytes itself; the sizeLimit is a
 	// backstop only, and reaching it evicts the whole pod, app included, so a
@@ -117,11 +88,10 @@ func (o Options) Validate() error {
 	if _, err := fileStorageDir(o.Defaults.Storage); err != nil {
 		errs = append(errs, fmt.Errorf("--default-storage: %w", err))
 	}
-	if o.Defaults.MemoryRequest.Cmp(o.Defaults.MemoryLimit) > 0 {
-		errs = append(errs, errors.New("--default-memory-request exceeds --default-memory-limit"))
-	}
-	if o.Defaults.CPURequest.Cmp(o.Defaults.CPULimit) > 0 {
-		errs = append(errs, errors.New("--default-cpu-request exceeds --default-cpu-limit"))
+	for _, p := range requestLimitPairs {
+		if exceeds(o.Defaults, p.request, p.limit) {
+			errs = append(errs, fmt.Errorf("--default-%s exceeds --default-%s", p.request.Key, p.limit.Key))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -150,12 +120,12 @@ func Inject(pod *corev1.Pod, o Options) Result {
 	}
 
 	var warnings []string
-	if v, ok := pod.Annotations[InjectAnnotation]; ok {
+	if v, ok := pod.Annotations[names.InjectAnnotation]; ok {
 		// "false" was handled by skip; anything that is not a boolean is a
 		// typo worth telling about, and injecting is what the namespace
 		// asked for.
 		if _, err := strconv.ParseBool(v); err != nil {
-			warnings = append(warnings, fmt.Sprintf("%s: invalid value %q (want \"true\" or \"false\"); injecting", InjectAnnotation, shorten(v)))
+			warnings = append(warnings, fmt.Sprintf("%s: invalid value %q (want \"true\" or \"false\"); injecting", names.InjectAnnotation, shorten(v)))
 		}
 	}
 	cfg, problems := o.Defaults.FromAnnotations(pod.Annotations)
@@ -187,35 +157,35 @@ func Inject(pod *corev1.Pod, o Options) Result {
 	pod.Spec.Volumes = append(pod.Spec.Volumes, volumes(cfg)...)
 	for i := range pod.Spec.Containers {
 		c := &pod.Spec.Containers[i]
-		if c.Name != SidecarName && watched(cfg, c.Name) {
-			setEnv(c, settings.ContainerNameEnv, c.Name)
+		if c.Name != names.SidecarName && cfg.Watches(c.Name) {
+			setEnv(c, names.ContainerNameEnv, c.Name)
 		}
 	}
 	if pod.Annotations == nil {
 		pod.Annotations = map[string]string{}
 	}
-	pod.Annotations[StatusAnnotation] = StatusInjected
-	pod.Annotations[SecurityModeAnnotation] = sec.Mode
+	pod.Annotations[names.StatusAnnotation] = names.StatusInjected
+	pod.Annotations[names.SecurityModeAnnotation] = sec.Mode
 	if pod.Labels == nil {
 		pod.Labels = map[string]string{}
 	}
-	pod.Labels[StatusLabel] = StatusInjected
+	pod.Labels[names.StatusLabel] = names.StatusInjected
 	return Result{Injected: true, Mode: sec.Mode, Warnings: warnings}
 }
 
 // skip returns why pod must not be injected, and the warning for the client
 // (empty when the skip is expected and silent).
 func skip(pod *corev1.Pod) (Reason, string) {
-	if _, ok := pod.Annotations[StatusAnnotation]; ok || hasContainer(pod, SidecarName) {
+	if _, ok := pod.Annotations[names.StatusAnnotation]; ok || hasContainer(pod, names.SidecarName) {
 		return ReasonAlreadyInjected, ""
 	}
-	if v, ok := pod.Annotations[InjectAnnotation]; ok {
+	if v, ok := pod.Annotations[names.InjectAnnotation]; ok {
 		if b, err := strconv.ParseBool(v); err == nil && !b {
-			return ReasonOptOut, fmt.Sprintf("opted out by annotation %s=%q", InjectAnnotation, v)
+			return ReasonOptOut, fmt.Sprintf("opted out by annotation %s=%q", names.InjectAnnotation, v)
 		}
 	}
-	if pod.Labels[InjectLabel] == "disabled" {
-		return ReasonOptOut, fmt.Sprintf("opted out by label %s=disabled", InjectLabel)
+	if pod.Labels[names.InjectLabel] == "disabled" {
+		return ReasonOptOut, fmt.Sprintf("opted out by label %s=disabled", names.InjectLabel)
 	}
 	if pod.Spec.HostPID {
 		return ReasonHostPID, "the pod uses hostPID, which cannot be combined with the shared process namespace the sidecar needs"
@@ -227,7 +197,7 @@ func skip(pod *corev1.Pod) (Reason, string) {
 		return ReasonWindows, "the pod runs on Windows nodes; the sidecar reads Linux /proc and cgroup files"
 	}
 	for _, v := range pod.Spec.Volumes {
-		if v.Name == SpoolVolume || v.Name == CapturesVolume {
+		if v.Name == names.SpoolVolume || v.Name == names.CapturesVolume {
 			return ReasonVolumeNameConflict, fmt.Sprintf("the pod already has a volume named %q", v.Name)
 		}
 	}
@@ -269,18 +239,18 @@ func sane(cfg, defaults settings.Config, pod *corev1.Pod) (settings.Config, []st
 	var warnings []string
 	if _, err := fileStorageDir(cfg.Storage); err != nil {
 		warnings = append(warnings, fmt.Sprintf("%s: invalid value %q (%v); using %q",
-			annotation("storage"), shorten(cfg.Storage), err, defaults.Storage))
+			settings.Storage.Annotation(), shorten(cfg.Storage), err, defaults.Storage))
 		cfg.Storage = defaults.Storage
 	}
-	clamp := func(reqKey, limKey string, req, lim *resource.Quantity) {
-		if req.Cmp(*lim) > 0 {
+	for _, p := range requestLimitPairs {
+		if exceeds(cfg, p.request, p.limit) {
+			lim := p.limit.Format(&cfg)
 			warnings = append(warnings, fmt.Sprintf("%s %s exceeds %s %s; using %s",
-				annotation(reqKey), req, annotation(limKey), lim, lim))
-			*req = lim.DeepCopy()
+				p.request.Annotation(), p.request.Format(&cfg), p.limit.Annotation(), lim, lim))
+			// The limit's value passed the same parser, so setting it cannot fail.
+			_ = p.request.Set(&cfg, lim)
 		}
 	}
-	clamp("cpu-request", "cpu-limit", &cfg.CPURequest, &cfg.CPULimit)
-	clamp("memory-request", "memory-limit", &cfg.MemoryRequest, &cfg.MemoryLimit)
 	var missing []string
 	for _, name := range cfg.Containers {
 		if !slices.ContainsFunc(pod.Spec.Containers, func(c corev1.Container) bool { return c.Name == name }) {
@@ -289,12 +259,23 @@ func sane(cfg, defaults settings.Config, pod *corev1.Pod) (settings.Config, []st
 	}
 	if len(missing) > 0 {
 		warnings = append(warnings, fmt.Sprintf("%s names no container of this pod: %s",
-			annotation("containers"), shorten(strings.Join(missing, ","))))
+			settings.Containers.Annotation(), shorten(strings.Join(missing, ","))))
 	}
 	return cfg, warnings
 }
 
-func annotation(key string) string { return settings.AnnotationPrefix + key }
+// requestLimitPairs are the sidecar's resources whose request must not
+// exceed their limit, or the API server rejects the pod.
+var requestLimitPairs = []struct{ request, limit settings.Setting }{
+	{settings.CPURequest, settings.CPULimit},
+	{settings.MemoryRequest, settings.MemoryLimit},
+}
+
+// exceeds compares two quantity settings of cfg.
+func exceeds(cfg settings.Config, request, limit settings.Setting) bool {
+	req, lim := resource.MustParse(request.Format(&cfg)), resource.MustParse(limit.Format(&cfg))
+	return req.Cmp(lim) > 0
+}
 
 // fileStorageDir returns the directory of a file:// storage URL ("" for
 // other schemes). The directory becomes a volume mount, so it must be one the
@@ -308,18 +289,14 @@ func fileStorageDir(storage string) (string, error) {
 	if dir != u.Path && dir+"/" != u.Path {
 		return "", errors.New("file storage path must be clean (no //, . or ..)")
 	}
-	if dir == "/" || within(dir, settings.SpoolDir) || within(settings.SpoolDir, dir) {
-		return "", fmt.Errorf("file storage directory %s overlaps / or the spool %s", dir, settings.SpoolDir)
+	if dir == "/" || within(dir, names.SpoolDir) || within(names.SpoolDir, dir) {
+		return "", fmt.Errorf("file storage directory %s overlaps / or the spool %s", dir, names.SpoolDir)
 	}
 	return dir, nil
 }
 
 // within reports whether p is dir or below it.
 func within(p, dir string) bool { return p == dir || strings.HasPrefix(p, dir+"/") }
-
-func watched(cfg settings.Config, name string) bool {
-	return len(cfg.Containers) == 0 || slices.Contains(cfg.Containers, name)
-}
 
 // setEnv sets name=value in c, replacing an existing definition so the
 // container never has two.

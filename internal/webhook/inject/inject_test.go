@@ -14,6 +14,7 @@ import (
 	"github.com/heapwatch/heapwatch/internal/webhook/inject"
 	"github.com/heapwatch/heapwatch/internal/webhook/internal/golden"
 	"github.com/heapwatch/heapwatch/internal/webhook/internal/podgen"
+	"github.com/heapwatch/heapwatch/names"
 	"github.com/heapwatch/heapwatch/settings"
 )
 
@@ -30,11 +31,11 @@ func options(mods ...func(*inject.Options)) inject.Options {
 func sidecarOf(t *testing.T, p *corev1.Pod) corev1.Container {
 	t.Helper()
 	for _, c := range append(slices.Clone(p.Spec.InitContainers), p.Spec.Containers...) {
-		if c.Name == inject.SidecarName {
+		if c.Name == names.SidecarName {
 			return c
 		}
 	}
-	t.Fatalf("pod has no %s container", inject.SidecarName)
+	t.Fatalf("pod has no %s container", names.SidecarName)
 	return corev1.Container{}
 }
 
@@ -66,21 +67,21 @@ func TestInjectSkips(t *testing.T) {
 		reason  inject.Reason
 		warning string // substring of the single warning; "" means no warning
 	}{
-		{"status annotation", podgen.Pod("p", podgen.Annotations(inject.StatusAnnotation, "injected")), inject.ReasonAlreadyInjected, ""},
-		{"sidecar container", podgen.Pod("p", podgen.Containers(inject.SidecarName)), inject.ReasonAlreadyInjected, ""},
-		{"sidecar init container", podgen.Pod("p", podgen.InitContainer(inject.SidecarName)), inject.ReasonAlreadyInjected, ""},
-		{"annotation false", podgen.Pod("p", podgen.Annotations(inject.InjectAnnotation, "false")), inject.ReasonOptOut, `annotation heapwatch.io/inject="false"`},
-		{"annotation False", podgen.Pod("p", podgen.Annotations(inject.InjectAnnotation, "False")), inject.ReasonOptOut, "opted out"},
-		{"label disabled", podgen.Pod("p", podgen.Labels(inject.InjectLabel, "disabled")), inject.ReasonOptOut, "label heapwatch.io/inject=disabled"},
+		{"status annotation", podgen.Pod("p", podgen.Annotations(names.StatusAnnotation, "injected")), inject.ReasonAlreadyInjected, ""},
+		{"sidecar container", podgen.Pod("p", podgen.Containers(names.SidecarName)), inject.ReasonAlreadyInjected, ""},
+		{"sidecar init container", podgen.Pod("p", podgen.InitContainer(names.SidecarName)), inject.ReasonAlreadyInjected, ""},
+		{"annotation false", podgen.Pod("p", podgen.Annotations(names.InjectAnnotation, "false")), inject.ReasonOptOut, `annotation heapwatch.io/inject="false"`},
+		{"annotation False", podgen.Pod("p", podgen.Annotations(names.InjectAnnotation, "False")), inject.ReasonOptOut, "opted out"},
+		{"label disabled", podgen.Pod("p", podgen.Labels(names.InjectLabel, "disabled")), inject.ReasonOptOut, "label heapwatch.io/inject=disabled"},
 		{"hostPID", podgen.Pod("p", podgen.HostPID()), inject.ReasonHostPID, "hostPID"},
 		{"shareProcessNamespace false", podgen.Pod("p", podgen.ShareProcessNamespace(false)), inject.ReasonNoShareProcessNS, "shareProcessNamespace: false"},
 		{"spec.os windows", podgen.Pod("p", podgen.OS(corev1.Windows)), inject.ReasonWindows, "Windows"},
 		{"nodeSelector windows", podgen.Pod("p", podgen.NodeSelector("kubernetes.io/os", "windows")), inject.ReasonWindows, "Windows"},
 		{"affinity windows only", podgen.Pod("p", podgen.RequiredNodeAffinity(win, win)), inject.ReasonWindows, "Windows"},
-		{"volume name taken", podgen.Pod("p", podgen.Volume(inject.SpoolVolume)), inject.ReasonVolumeNameConflict, `volume named "heapwatch-spool"`},
+		{"volume name taken", podgen.Pod("p", podgen.Volume(names.SpoolVolume)), inject.ReasonVolumeNameConflict, `volume named "heapwatch-spool"`},
 		{"not skipped: affinity linux or windows", podgen.Pod("p", podgen.RequiredNodeAffinity(linux, win)), "", ""},
 		{"not skipped: shareProcessNamespace true", podgen.Pod("p", podgen.ShareProcessNamespace(true)), "", ""},
-		{"not skipped: annotation true", podgen.Pod("p", podgen.Annotations(inject.InjectAnnotation, "true")), "", ""},
+		{"not skipped: annotation true", podgen.Pod("p", podgen.Annotations(names.InjectAnnotation, "true")), "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -122,21 +123,21 @@ func TestInjectTypicalPod(t *testing.T) {
 			if p.Spec.ShareProcessNamespace == nil || !*p.Spec.ShareProcessNamespace {
 				t.Error("shareProcessNamespace not set")
 			}
-			if got := p.Annotations[inject.StatusAnnotation]; got != inject.StatusInjected {
+			if got := p.Annotations[names.StatusAnnotation]; got != names.StatusInjected {
 				t.Errorf("status annotation = %q", got)
 			}
-			if got := p.Labels[inject.StatusLabel]; got != inject.StatusInjected {
-				t.Errorf("status label = %q, want %q", got, inject.StatusInjected)
+			if got := p.Labels[names.StatusLabel]; got != names.StatusInjected {
+				t.Errorf("status label = %q, want %q", got, names.StatusInjected)
 			}
 			if native {
-				if n := len(p.Spec.InitContainers); n != 2 || p.Spec.InitContainers[1].Name != inject.SidecarName {
-					t.Fatalf("init containers = %v, want migrate then the sidecar", names(p.Spec.InitContainers))
+				if n := len(p.Spec.InitContainers); n != 2 || p.Spec.InitContainers[1].Name != names.SidecarName {
+					t.Fatalf("init containers = %v, want migrate then the sidecar", containerNames(p.Spec.InitContainers))
 				}
 				if rp := p.Spec.InitContainers[1].RestartPolicy; rp == nil || *rp != corev1.ContainerRestartPolicyAlways {
 					t.Error("native sidecar lacks restartPolicy Always")
 				}
 			} else {
-				if got := names(p.Spec.Containers); !slices.Equal(got, []string{"app", "proxy", inject.SidecarName}) {
+				if got := containerNames(p.Spec.Containers); !slices.Equal(got, []string{"app", "proxy", names.SidecarName}) {
 					t.Fatalf("containers = %v", got)
 				}
 				if len(p.Spec.InitContainers) != 1 || p.Spec.Containers[2].RestartPolicy != nil {
@@ -144,36 +145,36 @@ func TestInjectTypicalPod(t *testing.T) {
 				}
 			}
 			for _, c := range p.Spec.Containers {
-				v, ok := env(c, settings.ContainerNameEnv)
-				if c.Name == inject.SidecarName {
+				v, ok := env(c, names.ContainerNameEnv)
+				if c.Name == names.SidecarName {
 					if ok {
-						t.Errorf("sidecar has %s", settings.ContainerNameEnv)
+						t.Errorf("sidecar has %s", names.ContainerNameEnv)
 					}
 					continue
 				}
 				if v != c.Name {
-					t.Errorf("container %s: %s = %q", c.Name, settings.ContainerNameEnv, v)
+					t.Errorf("container %s: %s = %q", c.Name, names.ContainerNameEnv, v)
 				}
 			}
-			if _, ok := env(p.Spec.InitContainers[0], settings.ContainerNameEnv); ok {
+			if _, ok := env(p.Spec.InitContainers[0], names.ContainerNameEnv); ok {
 				t.Error("init container migrate got the container-name variable")
 			}
 			vols := map[string]corev1.Volume{}
 			for _, v := range p.Spec.Volumes {
 				vols[v.Name] = v
 			}
-			spool, ok := vols[inject.SpoolVolume]
+			spool, ok := vols[names.SpoolVolume]
 			if !ok || spool.EmptyDir == nil || spool.EmptyDir.SizeLimit == nil || spool.EmptyDir.SizeLimit.Value() != 320<<20 {
 				t.Errorf("spool volume = %+v, want emptyDir with sizeLimit 320Mi (256Mi + 25%%)", spool)
 			}
-			if v, ok := vols[inject.CapturesVolume]; !ok || v.EmptyDir == nil {
+			if v, ok := vols[names.CapturesVolume]; !ok || v.EmptyDir == nil {
 				t.Errorf("captures volume missing for the default file storage")
 			}
 		})
 	}
 }
 
-func names(cs []corev1.Container) []string {
+func containerNames(cs []corev1.Container) []string {
 	var out []string
 	for _, c := range cs {
 		out = append(out, c.Name)
@@ -186,7 +187,8 @@ func TestInjectSettings(t *testing.T) {
 		name     string
 		opts     []podgen.Option
 		env      map[string]string // expected sidecar env values
-		warnings []string          // expected warnings, exactly
+		requests corev1.ResourceList
+		warnings []string // expected warnings, exactly
 	}{
 		{
 			name: "annotations override defaults",
@@ -209,7 +211,7 @@ func TestInjectSettings(t *testing.T) {
 		{
 			name:     "memory request above limit is clamped",
 			opts:     []podgen.Option{podgen.Annotations("heapwatch.io/memory-request", "1Gi")},
-			env:      map[string]string{"HEAPWATCH_MEMORY_REQUEST": "128Mi"},
+			requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("128Mi")},
 			warnings: []string{"heapwatch.io/memory-request 1Gi exceeds heapwatch.io/memory-limit 128Mi; using 128Mi"},
 		},
 		{
@@ -226,7 +228,7 @@ func TestInjectSettings(t *testing.T) {
 		},
 		{
 			name:     "inject annotation typo still injects",
-			opts:     []podgen.Option{podgen.Annotations(inject.InjectAnnotation, "no")},
+			opts:     []podgen.Option{podgen.Annotations(names.InjectAnnotation, "no")},
 			warnings: []string{`heapwatch.io/inject: invalid value "no" (want "true" or "false"); injecting`},
 		},
 		{
@@ -256,6 +258,11 @@ func TestInjectSettings(t *testing.T) {
 					t.Errorf("%s = %q, want %q", k, got, want)
 				}
 			}
+			for k, want := range tt.requests {
+				if got := sc.Resources.Requests[k]; got.Cmp(want) != 0 {
+					t.Errorf("requests.%s = %v, want %v", k, &got, &want)
+				}
+			}
 			for _, e := range sc.Env {
 				if countEnv(sc, e.Name) != 1 {
 					t.Errorf("sidecar env %s defined more than once", e.Name)
@@ -269,16 +276,16 @@ func TestInjectSettings(t *testing.T) {
 }
 
 func TestInjectWatchedContainers(t *testing.T) {
-	p := podgen.Pod("p", podgen.Containers("proxy"), podgen.Env("app", settings.ContainerNameEnv, "stale"),
+	p := podgen.Pod("p", podgen.Containers("proxy"), podgen.Env("app", names.ContainerNameEnv, "stale"),
 		podgen.Annotations("heapwatch.io/containers", "app"))
 	if r := inject.Inject(p, options()); !r.Injected {
 		t.Fatalf("not injected: %s", r.Reason)
 	}
 	app, proxy := p.Spec.Containers[0], p.Spec.Containers[1]
-	if v, _ := env(app, settings.ContainerNameEnv); v != "app" || countEnv(app, settings.ContainerNameEnv) != 1 {
-		t.Errorf("app: %s = %q (defined %d times), want one definition \"app\"", settings.ContainerNameEnv, v, countEnv(app, settings.ContainerNameEnv))
+	if v, _ := env(app, names.ContainerNameEnv); v != "app" || countEnv(app, names.ContainerNameEnv) != 1 {
+		t.Errorf("app: %s = %q (defined %d times), want one definition \"app\"", names.ContainerNameEnv, v, countEnv(app, names.ContainerNameEnv))
 	}
-	if _, ok := env(proxy, settings.ContainerNameEnv); ok {
+	if _, ok := env(proxy, names.ContainerNameEnv); ok {
 		t.Error("unwatched container proxy got the container-name variable")
 	}
 }
@@ -300,11 +307,11 @@ func TestInjectFileStorageMount(t *testing.T) {
 			}
 			var mount string
 			for _, m := range sidecarOf(t, p).VolumeMounts {
-				if m.Name == inject.CapturesVolume {
+				if m.Name == names.CapturesVolume {
 					mount = m.MountPath
 				}
 			}
-			hasVolume := slices.ContainsFunc(p.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == inject.CapturesVolume })
+			hasVolume := slices.ContainsFunc(p.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == names.CapturesVolume })
 			if mount != tt.mount || hasVolume != (tt.mount != "") {
 				t.Errorf("captures mount = %q (volume %v), want %q", mount, hasVolume, tt.mount)
 			}
@@ -317,7 +324,7 @@ func TestOptionsValidate(t *testing.T) {
 		o.Image = ""
 		o.CredentialsSecret = "Bad_Name"
 		o.Defaults.Storage = "file:///"
-		o.Defaults.MemoryRequest = resource.MustParse("1Gi")
+		o.Defaults.MemoryRequest = "1Gi"
 	})
 	err := bad.Validate()
 	if err == nil {

@@ -6,6 +6,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/ptr"
 
+	"github.com/heapwatch/heapwatch/names"
 	"github.com/heapwatch/heapwatch/settings"
 )
 
@@ -72,9 +73,9 @@ func securityContext(s Security) *corev1.SecurityContext {
 // sidecar at all and says what to set.
 func chooseSecurity(pod *corev1.Pod, cfg settings.Config, sameUIDOnly bool) (s Security, warnings []string, refusal string) {
 	uid, gid, why, fix := sameUID(pod, cfg)
-	source := annotation("security-mode")
+	source := settings.SecurityMode.Annotation()
 	if _, set := pod.Annotations[source]; !set {
-		source = "--default-security-mode"
+		source = "--default-" + settings.SecurityMode.Key
 	}
 	switch {
 	case sameUIDOnly && why != "":
@@ -111,7 +112,7 @@ const (
 func sameUID(pod *corev1.Pod, cfg settings.Config) (uid, gid int64, why, fix string) {
 	first := ""
 	for _, c := range pod.Spec.Containers {
-		if c.Name == SidecarName || !watched(cfg, c.Name) {
+		if c.Name == names.SidecarName || !cfg.Watches(c.Name) {
 			continue
 		}
 		sc := c.SecurityContext

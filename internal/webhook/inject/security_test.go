@@ -11,13 +11,14 @@ import (
 
 	"github.com/heapwatch/heapwatch/internal/webhook/inject"
 	"github.com/heapwatch/heapwatch/internal/webhook/internal/podgen"
+	"github.com/heapwatch/heapwatch/names"
 	"github.com/heapwatch/heapwatch/settings"
 )
 
 const (
 	sameUID    = settings.SecurityModeSameUID
 	privileged = settings.SecurityModePrivilegedReader
-	modeKey    = settings.AnnotationPrefix + "security-mode"
+	modeKey    = names.AnnotationPrefix + "security-mode"
 )
 
 func TestSecurityMode(t *testing.T) {
@@ -41,7 +42,7 @@ func TestSecurityMode(t *testing.T) {
 		{"root app", podgen.Pod("p", podgen.RunAs(0, 0)), false, "", privileged, 0, 0, ""},
 		{"mixed uids", podgen.Pod("p", podgen.RunAs(1000, 1000), podgen.Containers("worker"), podgen.ContainerSecurity("worker", runAs(1001, 1000))), false, "", privileged, 0, 0, ""},
 		{"mixed uids, only app watched", podgen.Pod("p", podgen.RunAs(1000, 1000), podgen.Containers("worker"), podgen.ContainerSecurity("worker", runAs(0, 0)),
-			podgen.Annotations(settings.AnnotationPrefix+"containers", "app")), false, "", sameUID, 1000, 1000, ""},
+			podgen.Annotations(settings.Containers.Annotation(), "app")), false, "", sameUID, 1000, 1000, ""},
 		{"privileged app", podgen.Pod("p", podgen.RunAs(1000, 1000), podgen.ContainerSecurity("app", &corev1.SecurityContext{Privileged: ptr.To(true)})), false, "", privileged, 0, 0, ""},
 		{"app adds a capability", podgen.Pod("p", podgen.RunAs(1000, 1000), podgen.ContainerSecurity("app",
 			&corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN"}}})), false, "", privileged, 0, 0, ""},
@@ -63,7 +64,7 @@ func TestSecurityMode(t *testing.T) {
 		{"same-uid only: privileged app", podgen.Pod("p", podgen.RunAs(1000, 1000), podgen.ContainerSecurity("app", &corev1.SecurityContext{Privileged: ptr.To(true)})), true, "", "", 0, 0,
 			"(container app is privileged); the sidecar cannot read a container with more privileges than its own: exclude it with heapwatch.io/containers"},
 		{"same-uid only: root", podgen.Pod("p", podgen.RunAs(0, 0)), true, "", "", 0, 0, "(container app runs as root); set runAsUser and runAsGroup (non-zero)"},
-		{"same-uid only: nothing watched", podgen.Pod("p", podgen.RunAs(1000, 1000), podgen.Annotations(settings.AnnotationPrefix+"containers", "other")), true, "", "", 0, 0,
+		{"same-uid only: nothing watched", podgen.Pod("p", podgen.RunAs(1000, 1000), podgen.Annotations(settings.Containers.Annotation(), "other")), true, "", "", 0, 0,
 			"(no container of the pod is watched); name containers of the pod in heapwatch.io/containers"},
 	}
 	for _, tt := range tests {
@@ -94,8 +95,8 @@ func TestSecurityMode(t *testing.T) {
 				}
 				return
 			}
-			if !r.Injected || r.Mode != tt.mode || tt.pod.Annotations[inject.SecurityModeAnnotation] != tt.mode {
-				t.Fatalf("injected %v, mode %q, annotation %q; want mode %q", r.Injected, r.Mode, tt.pod.Annotations[inject.SecurityModeAnnotation], tt.mode)
+			if !r.Injected || r.Mode != tt.mode || tt.pod.Annotations[names.SecurityModeAnnotation] != tt.mode {
+				t.Fatalf("injected %v, mode %q, annotation %q; want mode %q", r.Injected, r.Mode, tt.pod.Annotations[names.SecurityModeAnnotation], tt.mode)
 			}
 			sc := sidecarOf(t, tt.pod)
 			if v, _ := env(sc, "HEAPWATCH_SECURITY_MODE"); v != tt.mode {

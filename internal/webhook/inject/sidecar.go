@@ -7,6 +7,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/utils/ptr"
 
+	"github.com/heapwatch/heapwatch/names"
 	"github.com/heapwatch/heapwatch/settings"
 )
 
@@ -14,25 +15,23 @@ import (
 // sidecar's HEAPWATCH_SECURITY_MODE is the mode chosen, not the request.
 func Sidecar(cfg settings.Config, o Options, sec Security) corev1.Container {
 	cfg.SecurityMode = sec.Mode
+	res := parseResources(cfg)
 	c := corev1.Container{
-		Name:  SidecarName,
+		Name:  names.SidecarName,
 		Image: o.Image,
 		Env: append([]corev1.EnvVar{
-			fieldEnv(settings.EnvPodName, "metadata.name"),
-			fieldEnv(settings.EnvPodNamespace, "metadata.namespace"),
-			fieldEnv(settings.EnvPodUID, "metadata.uid"),
-			fieldEnv(settings.EnvNodeName, "spec.nodeName"),
-		}, settingsEnv(cfg)...),
-		Resources: corev1.ResourceRequirements{
-			Requests: corev1.ResourceList{corev1.ResourceCPU: cfg.CPURequest, corev1.ResourceMemory: cfg.MemoryRequest},
-			Limits:   corev1.ResourceList{corev1.ResourceCPU: cfg.CPULimit, corev1.ResourceMemory: cfg.MemoryLimit},
-		},
-		VolumeMounts:             []corev1.VolumeMount{{Name: SpoolVolume, MountPath: settings.SpoolDir}},
+			fieldEnv(names.EnvPodName, "metadata.name"),
+			fieldEnv(names.EnvPodNamespace, "metadata.namespace"),
+			fieldEnv(names.EnvPodUID, "metadata.uid"),
+			fieldEnv(names.EnvNodeName, "spec.nodeName"),
+		}, settingsEnv(cfg, res)...),
+		Resources:                res.requirements(),
+		VolumeMounts:             []corev1.VolumeMount{{Name: names.SpoolVolume, MountPath: names.SpoolDir}},
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 		SecurityContext:          securityContext(sec),
 	}
 	if dir, _ := fileStorageDir(cfg.Storage); dir != "" {
-		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: CapturesVolume, MountPath: dir})
+		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: names.CapturesVolume, MountPath: dir})
 	}
 	if o.CredentialsSecret != "" {
 		c.EnvFrom = []corev1.EnvFromSource{{SecretRef: &corev1.SecretEnvSource{
@@ -53,26 +52,26 @@ func fieldEnv(name, fieldPath string) corev1.EnvVar {
 }
 
 // settingsEnv renders the settings plus the Go runtime limits derived from
-// the sidecar's own resources.
-func settingsEnv(cfg settings.Config) []corev1.EnvVar {
+// the sidecar's own resources, as plain numbers.
+func settingsEnv(cfg settings.Config, res resources) []corev1.EnvVar {
 	rendered := cfg.Env()
 	env := make([]corev1.EnvVar, 0, len(rendered)+2)
 	for _, e := range rendered {
 		env = append(env, corev1.EnvVar{Name: e.Name, Value: e.Value})
 	}
 	return append(env,
-		corev1.EnvVar{Name: "GOMEMLIMIT", Value: strconv.FormatInt(cfg.GoMemLimit(), 10)},
-		corev1.EnvVar{Name: "GOMAXPROCS", Value: strconv.Itoa(cfg.GoMaxProcs())},
+		corev1.EnvVar{Name: names.EnvGoMemLimit, Value: strconv.FormatInt(res.goMemLimit(), 10)},
+		corev1.EnvVar{Name: names.EnvGoMaxProcs, Value: strconv.Itoa(res.goMaxProcs())},
 	)
 }
 
 func volumes(cfg settings.Config) []corev1.Volume {
 	spoolLimit := resource.NewQuantity(cfg.SpoolBytes+cfg.SpoolBytes/spoolHeadroomDivisor, resource.BinarySI)
-	vs := []corev1.Volume{{Name: SpoolVolume, VolumeSource: corev1.VolumeSource{
+	vs := []corev1.Volume{{Name: names.SpoolVolume, VolumeSource: corev1.VolumeSource{
 		EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: spoolLimit},
 	}}}
 	if dir, _ := fileStorageDir(cfg.Storage); dir != "" {
-		vs = append(vs, corev1.Volume{Name: CapturesVolume, VolumeSource: corev1.VolumeSource{
+		vs = append(vs, corev1.Volume{Name: names.CapturesVolume, VolumeSource: corev1.VolumeSource{
 			EmptyDir: &corev1.EmptyDirVolumeSource{},
 		}})
 	}

@@ -21,8 +21,8 @@ import (
 	"github.com/heapwatch/heapwatch/capture"
 	"github.com/heapwatch/heapwatch/internal/oomevents"
 	"github.com/heapwatch/heapwatch/internal/testenv"
-	"github.com/heapwatch/heapwatch/internal/webhook/inject"
 	"github.com/heapwatch/heapwatch/internal/webhook/internal/podgen"
+	"github.com/heapwatch/heapwatch/names"
 	"github.com/heapwatch/heapwatch/store"
 	"github.com/heapwatch/heapwatch/store/s3test"
 )
@@ -115,7 +115,7 @@ func oomKill(t *testing.T, cs kubernetes.Interface, pod *corev1.Pod, restarts in
 		LastTerminationState: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
 			Reason: "OOMKilled", ExitCode: 137, FinishedAt: metav1.NewTime(finished), StartedAt: metav1.NewTime(finished.Add(-time.Minute))}}}}
 	if sidecarOf(p) != nil {
-		p.Status.InitContainerStatuses = []corev1.ContainerStatus{{Name: inject.SidecarName, Image: sidecarImage, State: running, Ready: true}}
+		p.Status.InitContainerStatuses = []corev1.ContainerStatus{{Name: names.SidecarName, Image: sidecarImage, State: running, Ready: true}}
 	}
 	p, err = cs.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, p, metav1.UpdateOptions{})
 	if err != nil {
@@ -186,13 +186,13 @@ func TestControllerPostsOOMEvents(t *testing.T) {
 	}
 	s3pod := podgen.Annotations("heapwatch.io/storage", url)
 	captured := createPod(t, cs, ns, "api-captured", s3pod)
-	if captured.Labels[inject.StatusLabel] != inject.StatusInjected {
-		t.Fatalf("injected pod labels = %v, want %s=%s", captured.Labels, inject.StatusLabel, inject.StatusInjected)
+	if captured.Labels[names.StatusLabel] != names.StatusInjected {
+		t.Fatalf("injected pod labels = %v, want %s=%s", captured.Labels, names.StatusLabel, names.StatusInjected)
 	}
 	uncaptured := createPod(t, cs, ns, "api-uncaptured", s3pod)
 	inPod := createPod(t, cs, ns, "api-file") // default file:// storage inside the pod
 	plain := createPod(t, cs, other, "api-plain")
-	if _, ok := plain.Labels[inject.StatusLabel]; ok || sidecarOf(plain) != nil {
+	if _, ok := plain.Labels[names.StatusLabel]; ok || sidecarOf(plain) != nil {
 		t.Fatalf("pod in a namespace not opted in was injected: %v", plain.Labels)
 	}
 

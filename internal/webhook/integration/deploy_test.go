@@ -29,9 +29,11 @@ func TestDeployManifestsApply(t *testing.T) {
 	dyn := dynamic.NewForConfigOrDie(restConfig)
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(discovery.NewDiscoveryClientForConfigOrDie(restConfig)))
 	// Dry-run objects in a namespace need the namespace to exist.
-	_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "heapwatch-system"}}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
+	for _, ns := range []string{"heapwatch-system", "heapwatch-agent"} {
+		_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
 	}
 	// What users install: both kustomizations, and the Helm chart with its
 	// defaults and with every value group changed.
@@ -44,6 +46,9 @@ func TestDeployManifestsApply(t *testing.T) {
 		},
 		"kustomize/with-controller": func() ([]*unstructured.Unstructured, error) {
 			return deploy.Render("../../../deploy/kustomize/with-controller")
+		},
+		"kustomize/with-agent": func() ([]*unstructured.Unstructured, error) {
+			return deploy.Render("../../../deploy/kustomize/with-agent")
 		},
 		"helm/defaults": func() ([]*unstructured.Unstructured, error) {
 			return deploy.RenderChart("../../../deploy/helm/heapwatch", "heapwatch", "heapwatch-system", nil)
@@ -59,6 +64,11 @@ func TestDeployManifestsApply(t *testing.T) {
 				"nodeSelector": map[string]any{"kubernetes.io/os": "linux"},
 				"tolerations":  []any{map[string]any{"key": "dedicated", "operator": "Exists"}},
 				"controller":   map[string]any{"enabled": true, "namespace": "shop", "credentialsSecret": "heapwatch-controller-s3"},
+				// The PrometheusRule needs the Prometheus Operator's CRDs,
+				// which this API server does not have.
+				"agent": map[string]any{"enabled": true, "socketGroup": 1001, "flags": map[string]any{"interval": "5s"},
+					"daemons":    []any{map[string]any{"name": "envoy", "exe": "envoy"}},
+					"monitoring": map[string]any{"dashboard": true}},
 			})
 		},
 	}
@@ -79,6 +89,14 @@ func TestDeployManifestsApply(t *testing.T) {
 			}
 			if hasController != wantController {
 				t.Errorf("controller Deployment rendered = %v, want %v", hasController, wantController)
+			}
+			// So is the node agent.
+			wantAgent := name == "kustomize/with-agent" || name == "helm/tuned"
+			hasAgent := slices.ContainsFunc(objs, func(o *unstructured.Unstructured) bool {
+				return o.GetKind() == "DaemonSet" && strings.HasSuffix(o.GetName(), "heapwatch-agent")
+			})
+			if hasAgent != wantAgent {
+				t.Errorf("agent DaemonSet rendered = %v, want %v", hasAgent, wantAgent)
 			}
 			for _, o := range objs {
 				gvk := o.GroupVersionKind()

@@ -40,9 +40,8 @@ import (
 	"github.com/heapwatch/heapwatch/internal/testenv"
 	"github.com/heapwatch/heapwatch/internal/testkit"
 	"github.com/heapwatch/heapwatch/internal/webhook"
-	"github.com/heapwatch/heapwatch/internal/webhook/inject"
 	"github.com/heapwatch/heapwatch/internal/webhook/internal/podgen"
-	"github.com/heapwatch/heapwatch/settings"
+	"github.com/heapwatch/heapwatch/names"
 )
 
 const sidecarImage = "ghcr.io/heapwatch/heapwatch-sidecar:test"
@@ -271,7 +270,7 @@ func register(ctx context.Context, name string, s *server, change func(*admissio
 		if err != nil {
 			return false, err
 		}
-		return p.Annotations[inject.StatusAnnotation] != "" || p.Annotations[otherAnnotation] != "", nil
+		return p.Annotations[names.StatusAnnotation] != "" || p.Annotations[otherAnnotation] != "", nil
 	})
 }
 
@@ -309,7 +308,7 @@ func client(t *testing.T) (kubernetes.Interface, *testkit.Warnings) {
 // enabled creates a namespace opted in to injection.
 func enabled(t *testing.T, cs kubernetes.Interface, extra ...string) string {
 	t.Helper()
-	labels := map[string]string{inject.InjectLabel: "enabled"}
+	labels := map[string]string{names.InjectLabel: "enabled"}
 	for i := 0; i+1 < len(extra); i += 2 {
 		labels[extra[i]] = extra[i+1]
 	}
@@ -322,12 +321,12 @@ func enabled(t *testing.T, cs kubernetes.Interface, extra ...string) string {
 
 func sidecarOf(p *corev1.Pod) *corev1.Container {
 	for i, c := range p.Spec.InitContainers {
-		if c.Name == inject.SidecarName {
+		if c.Name == names.SidecarName {
 			return &p.Spec.InitContainers[i]
 		}
 	}
 	for i, c := range p.Spec.Containers {
-		if c.Name == inject.SidecarName {
+		if c.Name == names.SidecarName {
 			return &p.Spec.Containers[i]
 		}
 	}
@@ -337,7 +336,7 @@ func sidecarOf(p *corev1.Pod) *corev1.Container {
 func countSidecars(p *corev1.Pod) int {
 	n := 0
 	for _, c := range append(append([]corev1.Container(nil), p.Spec.InitContainers...), p.Spec.Containers...) {
-		if c.Name == inject.SidecarName {
+		if c.Name == names.SidecarName {
 			n++
 		}
 	}
@@ -369,20 +368,20 @@ func assertInjected(t *testing.T, p *corev1.Pod) {
 	if p.Spec.ShareProcessNamespace == nil || !*p.Spec.ShareProcessNamespace {
 		t.Error("shareProcessNamespace not set")
 	}
-	if p.Annotations[inject.StatusAnnotation] != inject.StatusInjected {
-		t.Errorf("status annotation = %q", p.Annotations[inject.StatusAnnotation])
+	if p.Annotations[names.StatusAnnotation] != names.StatusInjected {
+		t.Errorf("status annotation = %q", p.Annotations[names.StatusAnnotation])
 	}
 	for _, c := range p.Spec.Containers {
-		if e, _ := envValue(&c, settings.ContainerNameEnv); e.Value != c.Name {
-			t.Errorf("container %s: %s = %q", c.Name, settings.ContainerNameEnv, e.Value)
+		if e, _ := envValue(&c, names.ContainerNameEnv); e.Value != c.Name {
+			t.Errorf("container %s: %s = %q", c.Name, names.ContainerNameEnv, e.Value)
 		}
 	}
 }
 
 func assertNotInjected(t *testing.T, p *corev1.Pod) {
 	t.Helper()
-	if n := countSidecars(p); n != 0 || p.Annotations[inject.StatusAnnotation] != "" || ptr.Deref(p.Spec.ShareProcessNamespace, false) {
-		t.Errorf("pod %s/%s was injected (%d sidecars, status %q)", p.Namespace, p.Name, n, p.Annotations[inject.StatusAnnotation])
+	if n := countSidecars(p); n != 0 || p.Annotations[names.StatusAnnotation] != "" || ptr.Deref(p.Spec.ShareProcessNamespace, false) {
+		t.Errorf("pod %s/%s was injected (%d sidecars, status %q)", p.Namespace, p.Name, n, p.Annotations[names.StatusAnnotation])
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/heapwatch/heapwatch/internal/webhook/inject"
 	"github.com/heapwatch/heapwatch/internal/webhook/internal/golden"
 	"github.com/heapwatch/heapwatch/internal/webhook/internal/podgen"
+	"github.com/heapwatch/heapwatch/names"
 	"github.com/heapwatch/heapwatch/settings"
 )
 
@@ -44,7 +45,7 @@ func TestPodSecurityLevels(t *testing.T) {
 			t.Run("privileged-reader requested: same-uid with a warning", func(t *testing.T) {
 				cs, w := client(t)
 				pod := podgen.Pod("forced", podgen.RunAs(1000, 3000), podgen.Restricted(),
-					podgen.Annotations(settings.AnnotationPrefix+"security-mode", settings.SecurityModePrivilegedReader))
+					podgen.Annotations(names.AnnotationPrefix+"security-mode", settings.SecurityModePrivilegedReader))
 				got, err := cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
 				if err != nil {
 					t.Fatalf("pod refused: %v", err)
@@ -105,8 +106,8 @@ func assertMode(t *testing.T, p *corev1.Pod, mode string) {
 	if sc == nil {
 		t.Fatal("no sidecar")
 	}
-	if got := p.Annotations[inject.SecurityModeAnnotation]; got != mode {
-		t.Errorf("%s = %q, want %q", inject.SecurityModeAnnotation, got, mode)
+	if got := p.Annotations[names.SecurityModeAnnotation]; got != mode {
+		t.Errorf("%s = %q, want %q", names.SecurityModeAnnotation, got, mode)
 	}
 	if e, _ := envValue(sc, "HEAPWATCH_SECURITY_MODE"); e.Value != mode {
 		t.Errorf("HEAPWATCH_SECURITY_MODE = %q, want %q", e.Value, mode)

@@ -15,9 +15,8 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/heapwatch/heapwatch/internal/webhook"
-	"github.com/heapwatch/heapwatch/internal/webhook/inject"
 	"github.com/heapwatch/heapwatch/internal/webhook/internal/podgen"
-	"github.com/heapwatch/heapwatch/settings"
+	"github.com/heapwatch/heapwatch/names"
 )
 
 func TestSelection(t *testing.T) {
@@ -29,13 +28,13 @@ func TestSelection(t *testing.T) {
 		pod    *corev1.Pod
 		inject bool
 	}{
-		{"labelled namespace", map[string]string{inject.InjectLabel: "enabled"}, podgen.Pod("app"), true},
+		{"labelled namespace", map[string]string{names.InjectLabel: "enabled"}, podgen.Pod("app"), true},
 		{"unlabelled namespace", nil, podgen.Pod("app"), false},
-		{"namespace label other value", map[string]string{inject.InjectLabel: "disabled"}, podgen.Pod("app"), false},
-		{"pod opt-out label", map[string]string{inject.InjectLabel: "enabled"}, podgen.Pod("app", podgen.Labels(inject.InjectLabel, "disabled")), false},
+		{"namespace label other value", map[string]string{names.InjectLabel: "disabled"}, podgen.Pod("app"), false},
+		{"pod opt-out label", map[string]string{names.InjectLabel: "enabled"}, podgen.Pod("app", podgen.Labels(names.InjectLabel, "disabled")), false},
 		// The same-uid-only entry, for a pod without runAsUser: see podsecurity_test.go.
-		{"baseline Pod Security namespace, pod without runAsUser", map[string]string{inject.InjectLabel: "enabled", "pod-security.kubernetes.io/enforce": "baseline"}, podgen.Pod("app"), false},
-		{"baseline Pod Security namespace, pod with runAsUser", map[string]string{inject.InjectLabel: "enabled", "pod-security.kubernetes.io/enforce": "baseline"}, podgen.Pod("app", podgen.RunAs(1000, 1000)), true},
+		{"baseline Pod Security namespace, pod without runAsUser", map[string]string{names.InjectLabel: "enabled", "pod-security.kubernetes.io/enforce": "baseline"}, podgen.Pod("app"), false},
+		{"baseline Pod Security namespace, pod with runAsUser", map[string]string{names.InjectLabel: "enabled", "pod-security.kubernetes.io/enforce": "baseline"}, podgen.Pod("app", podgen.RunAs(1000, 1000)), true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -73,7 +72,7 @@ func TestExcludedNamespaces(t *testing.T) {
 			if ns.Labels == nil {
 				ns.Labels = map[string]string{}
 			}
-			ns.Labels[inject.InjectLabel] = "enabled"
+			ns.Labels[names.InjectLabel] = "enabled"
 			if _, err := cs.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
 				t.Fatal(err)
 			}
@@ -99,7 +98,7 @@ func TestGenerateNamePod(t *testing.T) {
 	if !strings.HasPrefix(got.Name, "leaky-6d8f9c-") || got.Namespace != ns {
 		t.Errorf("pod %s/%s", got.Namespace, got.Name)
 	}
-	podName, _ := envValue(sidecarOf(got), settings.EnvPodName)
+	podName, _ := envValue(sidecarOf(got), names.EnvPodName)
 	if podName.ValueFrom == nil || podName.ValueFrom.FieldRef == nil || podName.ValueFrom.FieldRef.FieldPath != "metadata.name" {
 		t.Errorf("POD_NAME = %+v, want the downward API", podName)
 	}
@@ -125,7 +124,7 @@ func TestSkipsWarn(t *testing.T) {
 		pod     *corev1.Pod
 		warning string
 	}{
-		{"opt-out annotation", podgen.Pod("optout", podgen.Annotations(inject.InjectAnnotation, "false")), `heapwatch: sidecar not injected: opted out by annotation heapwatch.io/inject="false"`},
+		{"opt-out annotation", podgen.Pod("optout", podgen.Annotations(names.InjectAnnotation, "false")), `heapwatch: sidecar not injected: opted out by annotation heapwatch.io/inject="false"`},
 		{"hostPID", podgen.Pod("hostpid", podgen.HostPID()), "heapwatch: sidecar not injected: the pod uses hostPID"},
 		{"shareProcessNamespace false", podgen.Pod("nospn", podgen.ShareProcessNamespace(false)), "heapwatch: sidecar not injected: the pod sets shareProcessNamespace: false"},
 		{"windows", podgen.Pod("win", podgen.NodeSelector("kubernetes.io/os", "windows")), "heapwatch: sidecar not injected: the pod runs on Windows nodes"},
@@ -252,7 +251,7 @@ func TestRegularSidecar(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := countSidecars(got); n != 1 || len(got.Spec.InitContainers) != 1 || got.Spec.Containers[len(got.Spec.Containers)-1].Name != inject.SidecarName {
+	if n := countSidecars(got); n != 1 || len(got.Spec.InitContainers) != 1 || got.Spec.Containers[len(got.Spec.Containers)-1].Name != names.SidecarName {
 		t.Fatalf("want the sidecar as the last regular container, got init %d containers %d", len(got.Spec.InitContainers), len(got.Spec.Containers))
 	}
 	if sc := sidecarOf(got); sc.RestartPolicy != nil {
