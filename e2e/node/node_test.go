@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -108,17 +109,26 @@ func TestStoryOnARealNode(t *testing.T) {
 
 	tmp := t.TempDir()
 	bins := buildBinaries(t, tmp)
-	// The storage: versitygw on the host's loopback, which the node reaches
-	// as HostAlias; the sidecar gets the credentials from a Secret in the
-	// pod's namespace (the chart's sidecar.credentialsSecret).
+	// The storage: versitygw on the host's loopback, which pods reach at
+	// node.PodGateway (the node relays the port); the sidecar gets the
+	// credentials from a Secret in the pod's namespace (the chart's
+	// sidecar.credentialsSecret).
 	s3 := s3test.Start(t)
 	s3.Setenv(t)
 	captures, err := store.Open(ctx, s3.URL(storePrefix))
 	if err != nil {
 		t.Fatal(err)
 	}
+	endpoint, err := url.Parse(s3.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3Port, err := strconv.Atoi(endpoint.Port())
+	if err != nil {
+		t.Fatalf("versitygw endpoint %s: %v", s3.Endpoint, err)
+	}
 	guestURL := strings.Replace(s3.URL(storePrefix), url.QueryEscape(s3.Endpoint),
-		url.QueryEscape(strings.Replace(s3.Endpoint, "127.0.0.1", node.HostAlias, 1)), 1)
+		url.QueryEscape(strings.Replace(s3.Endpoint, endpoint.Hostname(), node.PodGateway, 1)), 1)
 	wh := startWebhook(t, env, tmp, bins["webhook"], guestURL)
 
 	kubeconfig := kubeletKubeconfig(t, env)
@@ -129,7 +139,8 @@ func TestStoryOnARealNode(t *testing.T) {
 			{Ref: leakyImage, Files: map[string]string{"/leaky": bins["leaky"]}, Entrypoint: []string{"/leaky"}},
 			{Ref: cliImage, Files: map[string]string{"/heapwatch": bins["heapwatch"]}, Entrypoint: []string{"/heapwatch"}, User: "65532:65532"},
 		},
-		Log: logWriter{t},
+		HostPorts: []int{s3Port},
+		Log:       logWriter{t},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -34,6 +34,10 @@ const (
 	IP = "10.0.2.15"
 	// HostAlias is the host's loopback as the guest reaches it.
 	HostAlias = "10.0.2.2"
+	// PodGateway is the node as its pods reach it: the ptp plugin's
+	// gateway, the first address of the pods' subnet (cniConfig). The
+	// Config's HostPorts are forwarded to the host there.
+	PodGateway = "10.88.0.1"
 	// PauseImage is the sandbox image containerd is configured with.
 	PauseImage = "heapwatch.test/pause:node"
 	// PodsDir is where the kubelet keeps pods' volumes in the guest.
@@ -48,6 +52,10 @@ type Config struct {
 	// Images are imported into containerd's k8s.io namespace besides the
 	// pause image.
 	Images []Image
+	// HostPorts are ports on the host's loopback that pods reach at
+	// PodGateway:PORT (internal/node/hostfwd relays them): pods' own
+	// addresses get no answer through QEMU's user-mode network.
+	HostPorts []int
 	// Log receives progress lines with timings.
 	Log io.Writer
 }
@@ -112,6 +120,15 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	n.Timings.Containerd = time.Since(start)
+	if len(cfg.HostPorts) > 0 {
+		fwd := "setsid /usr/bin/hostfwd"
+		for _, p := range cfg.HostPorts {
+			fwd += fmt.Sprintf(" :%d=%s:%d", p, HostAlias, p)
+		}
+		if _, err := n.Shell(ctx, time.Minute, fwd+" >/var/log/hostfwd.log 2>&1 </dev/null &"); err != nil {
+			return nil, err
+		}
+	}
 	if _, err := n.Shell(ctx, 10*time.Minute, kubeletScript); err != nil {
 		return nil, err
 	}
@@ -234,6 +251,12 @@ func (n *Node) prepare(ctx context.Context, cfg Config) (files, programs map[str
 	if err := vm.GoBuild(ctx, pause, "./internal/node/pause", false); err != nil {
 		return nil, nil, err
 	}
+	if len(cfg.HostPorts) > 0 {
+		files["/usr/bin/hostfwd"] = filepath.Join(n.work, "hostfwd")
+		if err := vm.GoBuild(ctx, files["/usr/bin/hostfwd"], "./internal/node/hostfwd", false); err != nil {
+			return nil, nil, err
+		}
+	}
 	images := append([]Image{{Ref: PauseImage, Files: map[string]string{"/pause": pause}, Entrypoint: []string{"/pause"}}}, cfg.Images...)
 	for i, im := range images {
 		host := filepath.Join(n.work, fmt.Sprintf("image-%d.tar", i))
@@ -255,9 +278,20 @@ func Binaries(ctx context.Context) (BinaryPaths, error) {
 	if err != nil {
 		return b, err
 	}
-	return b, build(ctx, b.Kubelet, "node", "-ldflags", "-X k8s.io/component-base/version.gitVersion=v1.37.2 "+
-		"-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37",
-		"-o", b.Kubelet, "k8s.io/kubernetes/cmd/kubelet")
+	return b, build(ctx, b.Kubelet, "node", "-ldflags", k8sVersion, "-o", b.Kubelet, "k8s.io/kubernetes/cmd/kubelet")
+}
+
+// k8sVersion stamps the kubelet's and controller-manager's version (the
+// module's pin), as Kubernetes' own build does.
+const k8sVersion = "-X k8s.io/component-base/version.gitVersion=v1.37.2 " +
+	"-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37"
+
+// ControllerManager builds kube-controller-manager (.ci/tools/node) into
+// ./bin/node unless it is there, and returns its path. The tests run it on
+// the host against their API server with only the controllers they need.
+func ControllerManager(ctx context.Context) (string, error) {
+	out := filepath.Join(vm.ModuleRoot(), "bin", "node", "kube-controller-manager")
+	return out, build(ctx, out, "node", "-ldflags", k8sVersion, "-o", out, "k8s.io/kubernetes/cmd/kube-controller-manager")
 }
 
 // ContainerdBinaries builds containerd, its shim and ctr into ./bin/node
