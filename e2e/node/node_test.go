@@ -28,6 +28,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -178,11 +179,30 @@ func TestStoryOnARealNode(t *testing.T) {
 	}
 	mustCreate(t, cs, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: credentialsSecret, Namespace: namespace}, StringData: creds})
 
+	// The Deployment and Job controllers run on the host (no scheduler:
+	// templates name the node).
+	startControllerManager(t, env, tmp)
 	podStart := time.Now()
-	pod, err := cs.CoreV1().Pods(namespace).Create(ctx, leakyPod("leaky", leakyAnnotations), metav1.CreateOptions{})
-	if err != nil {
+	template := leakyPod("", leakyAnnotations)
+	template.Namespace, template.Labels = "", map[string]string{"app": "leaky"}
+	if _, err := cs.AppsV1().Deployments(namespace).Create(ctx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "leaky", Namespace: namespace},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To[int32](1), Selector: &metav1.LabelSelector{MatchLabels: template.Labels},
+			Template: corev1.PodTemplateSpec{ObjectMeta: template.ObjectMeta, Spec: template.Spec},
+		},
+	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	var pod *corev1.Pod
+	waitFor(t, 5*time.Minute, "the Deployment's pod", func() (bool, error) {
+		pods, err := cs.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: "app=leaky"})
+		if err != nil || len(pods.Items) == 0 {
+			return false, err
+		}
+		pod = &pods.Items[0]
+		return true, nil
+	})
 	if pod.Annotations[names.StatusAnnotation] == "" {
 		t.Fatalf("the webhook did not inject the pod: annotations %v", pod.Annotations)
 	}
@@ -283,7 +303,6 @@ func TestStoryOnARealNode(t *testing.T) {
 	})
 
 	t.Run("JobWithNativeSidecarCompletes", func(t *testing.T) {
-		startControllerManager(t, env, tmp)
 		job, err := cs.BatchV1().Jobs(namespace).Create(ctx, &batchv1.Job{
 			ObjectMeta: metav1.ObjectMeta{Name: "batch", Namespace: namespace},
 			Spec: batchv1.JobSpec{BackoffLimit: ptr.To[int32](0), Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
@@ -702,9 +721,9 @@ grep -E '^(Uid|CapEff|CapPrm|NoNewPrivs|Seccomp):' $p/status; awk '$5 == "/sys/f
 }
 
 // startControllerManager runs kube-controller-manager on the host against
-// the envtest API server with the Job controller only (no scheduler runs:
-// the Job's pod template names the node), no leader election and no
-// serving port.
+// the envtest API server with the Deployment, ReplicaSet and Job
+// controllers only (no scheduler runs: the pod templates name the node), no
+// leader election and no serving port.
 func startControllerManager(t *testing.T, env *envtest.Environment, dir string) {
 	t.Helper()
 	bin, err := node.ControllerManager(t.Context())
@@ -715,7 +734,7 @@ func startControllerManager(t *testing.T, env *envtest.Environment, dir string) 
 	if err := testenv.WriteKubeconfig(env.Config, kubeconfig); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "--kubeconfig="+kubeconfig, "--controllers=job-controller", "--leader-elect=false", "--secure-port=0")
+	cmd := exec.Command(bin, "--kubeconfig="+kubeconfig, "--controllers=deployment-controller,replicaset-controller,job-controller", "--leader-elect=false", "--secure-port=0")
 	logs := &testkit.Buffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
