@@ -61,10 +61,11 @@ demo: ## See the main job: a leaky app OOM-killed in an emulated pod, its heap p
 	go run ./examples/demo -storage $(STORAGE) -dumps $(CURDIR)/heapwatch-dumps
 
 .PHONY: test
-test: lint envtest versitygw ## Lint, then run every unit, integration and end-to-end test (root for the cgroup tests).
+test: lint envtest versitygw ## Lint, then every unit, integration and end-to-end test, then the story on a real node (root).
 	$(TEST_ENV) go test -race -count=1 -p 1 -timeout $(TEST_TIMEOUT) ./...
 	# The agent's PrometheusRule and dashboard, checked with Prometheus's parsers (own module: keeps them out of go.mod).
 	go -C deploy/monitoring test -race -count=1 ./...
+	$(MAKE) test-node
 
 # `make test-v2 RUN=TestX` runs only the tests matching TestX in the VM.
 RUN ?=
@@ -76,12 +77,13 @@ test-v2: ## Run the real-kernel suites (podsim, cgroup, e2e) on cgroup v2 in a Q
 	@cat $(BIN)/vm/summary
 
 # The story on a real node: kubelet + containerd + runc in the cgroup v2 VM.
-# internal/node builds the kubelet (.ci/tools/node, ~7-10 min cold) and
-# containerd (.ci/tools/containerd, ~2 min) into ./bin/node when missing.
+# internal/node builds the kubelet and kube-controller-manager (.ci/tools/node,
+# ~7-10 and ~5 min cold) and containerd (.ci/tools/containerd, ~2 min) into
+# ./bin/node when missing.
 NODE_BIN := $(BIN)/node
 
 .PHONY: test-node
-test-node: envtest ## Run the user's story on a real kubelet + containerd + runc node in the cgroup v2 VM (not in `make test` yet).
+test-node: envtest versitygw ## Run the user's story alone on a real kubelet + containerd + runc node in the cgroup v2 VM (also the last step of `make test`).
 	@rm -f $(NODE_BIN)/summary
 	$(TEST_ENV) HEAPWATCH_NODE_SUMMARY=$(NODE_BIN)/summary go test -tags node -count=1 -v -timeout 30m ./e2e/node/
 	@cat $(NODE_BIN)/summary
