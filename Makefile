@@ -89,8 +89,13 @@ test-node: envtest versitygw ## Run the user's story alone on a real kubelet + c
 	@cat $(NODE_BIN)/summary
 
 .PHONY: bench
-bench: envtest versitygw ## Run the benchmarks: admission latency, detection latency, capture rate, CPU, memory.
+bench: envtest versitygw ## Run the benchmarks: admission latency, detection latency, capture rate, CPU, memory; then the real node's.
 	$(TEST_ENV) go test -run '^$$' -bench . -benchmem -timeout 60m ./...
+	$(MAKE) bench-node
+
+.PHONY: bench-node
+bench-node: envtest versitygw ## The capture rate on the real node (HEAPWATCH_NODE_KILLS per leak shape, default 10) and the time from the app's start to the sidecar watching it.
+	$(TEST_ENV) go test -tags node -run '^$$' -bench . -timeout 90m ./e2e/node/
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME each.

@@ -55,12 +55,12 @@ func BenchmarkCaptureRate(b *testing.B) {
 			b.ReportMetric(100*float64(ok)/float64(runs), "capture-%")
 			b.ReportMetric(float64(runs), "runs")
 			if len(lead) > 0 {
-				b.ReportMetric(ms(percentile(lead, 50)), "lead-p50-ms")
-				b.ReportMetric(ms(slices.Min(lead)), "lead-min-ms")
+				b.ReportMetric(testkit.Millis(testkit.Percentile(lead, 50)), "lead-p50-ms")
+				b.ReportMetric(testkit.Millis(slices.Min(lead)), "lead-min-ms")
 			}
 			if len(detect) > 0 {
-				b.ReportMetric(ms(percentile(detect, 50)), "detect-p50-ms")
-				b.ReportMetric(ms(percentile(detect, 99)), "detect-p99-ms")
+				b.ReportMetric(testkit.Millis(testkit.Percentile(detect, 50)), "detect-p50-ms")
+				b.ReportMetric(testkit.Millis(testkit.Percentile(detect, 99)), "detect-p99-ms")
 			}
 		})
 	}
@@ -133,14 +133,6 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-func percentile(ds []time.Duration, p int) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[min(len(s)-1, (len(s)*p+99)/100-1)]
-}
-
 // BenchmarkDetectionLatency reports how long the sidecar takes from seeing
 // a threshold crossed to starting the fetch, over a ladder of nine
 // thresholds per run, with kernel notifications (writable cgroup view) and
@@ -170,8 +162,8 @@ func BenchmarkDetectionLatency(b *testing.B) {
 				b.Fatal("no threshold captures")
 			}
 			b.ReportMetric(float64(len(detect)), "captures")
-			b.ReportMetric(ms(percentile(detect, 50)), "p50-ms")
-			b.ReportMetric(ms(percentile(detect, 99)), "p99-ms")
+			b.ReportMetric(testkit.Millis(testkit.Percentile(detect, 50)), "p50-ms")
+			b.ReportMetric(testkit.Millis(testkit.Percentile(detect, 99)), "p99-ms")
 		})
 	}
 }

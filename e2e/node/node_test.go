@@ -70,7 +70,7 @@ const (
 )
 
 // logWriter sends progress lines to t.Log.
-type logWriter struct{ t *testing.T }
+type logWriter struct{ t testing.TB }
 
 func (w logWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
@@ -91,8 +91,20 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func TestStoryOnARealNode(t *testing.T) {
-	began := time.Now()
+// cluster is the story's world: the API server and controller-manager on
+// the host, the webhook installed from the chart, the node in the VM and
+// the storage its pods write to, with a labelled namespace ready.
+type cluster struct {
+	cs       kubernetes.Interface
+	warns    *testkit.Warnings
+	n        *node.Node
+	wh       *webhookProc
+	captures store.Store
+}
+
+// startCluster starts it all and tears it down at the test's end.
+func startCluster(t testing.TB) *cluster {
+	t.Helper()
 	ctx := t.Context()
 	env, err := testenv.Start()
 	if err != nil {
@@ -103,9 +115,9 @@ func TestStoryOnARealNode(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	var warns testkit.Warnings
+	warns := &testkit.Warnings{}
 	admin := rest.CopyConfig(env.Config)
-	admin.WarningHandler = &warns
+	admin.WarningHandler = warns
 	cs := kubernetes.NewForConfigOrDie(admin)
 
 	tmp := t.TempDir()
@@ -182,6 +194,14 @@ func TestStoryOnARealNode(t *testing.T) {
 	// The Deployment and Job controllers run on the host (no scheduler:
 	// templates name the node).
 	startControllerManager(t, env, tmp)
+	return &cluster{cs: cs, warns: warns, n: n, wh: wh, captures: captures}
+}
+
+func TestStoryOnARealNode(t *testing.T) {
+	began := time.Now()
+	ctx := t.Context()
+	c := startCluster(t)
+	cs, n, captures, wh, warns := c.cs, c.n, c.captures, c.wh, c.warns
 	podStart := time.Now()
 	template := leakyPod("", leakyAnnotations)
 	template.Namespace, template.Labels = "", map[string]string{"app": "leaky"}
@@ -393,7 +413,7 @@ func leakyPod(name string, annotations map[string]string) *corev1.Pod {
 
 // waitFinalCapture lists the pod's captures in storage until one marked
 // final for a kill after the previous one (finished at after) is there.
-func waitFinalCapture(t *testing.T, st store.Store, pod *corev1.Pod, after time.Time) *capture.Metadata {
+func waitFinalCapture(t testing.TB, st store.Store, pod *corev1.Pod, after time.Time) *capture.Metadata {
 	t.Helper()
 	var final *capture.Metadata
 	var all []string
@@ -434,7 +454,7 @@ func get(st store.Store, key string) ([]byte, error) {
 	return io.ReadAll(rc)
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, error)) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool, error)) {
 	t.Helper()
 	err := wait.PollUntilContextTimeout(t.Context(), 500*time.Millisecond, timeout, true, func(context.Context) (bool, error) { return cond() })
 	if err != nil {
@@ -442,7 +462,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool
 	}
 }
 
-func mustCreate(t *testing.T, cs kubernetes.Interface, obj runtime.Object) {
+func mustCreate(t testing.TB, cs kubernetes.Interface, obj runtime.Object) {
 	t.Helper()
 	var err error
 	switch o := obj.(type) {
@@ -460,7 +480,7 @@ func mustCreate(t *testing.T, cs kubernetes.Interface, obj runtime.Object) {
 
 // buildBinaries builds the webhook for the host and the sidecar and leaky
 // app for the images.
-func buildBinaries(t *testing.T, dir string) map[string]string {
+func buildBinaries(t testing.TB, dir string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	for name, pkg := range map[string]string{"webhook": "./cmd/webhook", "sidecar": "./cmd/sidecar", "leaky": "./examples/leaky", "heapwatch": "./cmd/heapwatch"} {
@@ -476,7 +496,7 @@ func buildBinaries(t *testing.T, dir string) map[string]string {
 // signs, in system:nodes and (no Node authorizer runs in envtest)
 // system:masters. It names the API server's certificate as issued for
 // localhost, since the kubelet dials it as 10.0.2.2.
-func kubeletKubeconfig(t *testing.T, env *envtest.Environment) []byte {
+func kubeletKubeconfig(t testing.TB, env *envtest.Environment) []byte {
 	t.Helper()
 	u, err := env.AddUser(envtest.User{Name: "system:node:" + node.Name, Groups: []string{"system:nodes", "system:masters"}}, nil)
 	if err != nil {
@@ -504,7 +524,7 @@ type webhookProc struct {
 	once sync.Once
 }
 
-func (w *webhookProc) stop(t *testing.T) {
+func (w *webhookProc) stop(t testing.TB) {
 	w.once.Do(func() {
 		_ = w.cmd.Process.Signal(os.Interrupt)
 		select {
@@ -520,7 +540,7 @@ func (w *webhookProc) stop(t *testing.T) {
 // chart renders for its Deployment (its ports moved to free loopback ones,
 // a self-signed certificate instead of cert-manager's), and registers the
 // chart's MutatingWebhookConfiguration pointing at it by URL.
-func startWebhook(t *testing.T, env *envtest.Environment, dir, bin, storage string) *webhookProc {
+func startWebhook(t testing.TB, env *envtest.Environment, dir, bin, storage string) *webhookProc {
 	t.Helper()
 	objs, err := deploy.RenderChart(filepath.Join(vm.ModuleRoot(), "deploy/helm/heapwatch"), "heapwatch", "heapwatch-system", map[string]any{
 		"sidecar": map[string]any{"image": map[string]any{"repository": "heapwatch.test/sidecar", "tag": "node"},
@@ -629,7 +649,7 @@ func containerArgs(obj map[string]any) []string {
 // webhook's injection renders for the pod as submitted: the leaky pod names
 // no runAsUser, so privileged-reader (uid 0, drop ALL, add the two
 // capabilities the README documents, never privileged).
-func checkSidecarSpec(t *testing.T, pod *corev1.Pod) {
+func checkSidecarSpec(t testing.TB, pod *corev1.Pod) {
 	t.Helper()
 	i := slices.IndexFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == names.SidecarName })
 	if i < 0 {
@@ -658,7 +678,7 @@ func checkSidecarSpec(t *testing.T, pod *corev1.Pod) {
 // capabilities, no_new_privs and seccomp runc applied, cgroupfs mounted
 // read-only) and what it logged: the notification mode it watched the app
 // with, and the kill.
-func checkSidecarRun(t *testing.T, n *node.Node, pod *corev1.Pod) {
+func checkSidecarRun(t testing.TB, n *node.Node, pod *corev1.Pod) {
 	t.Helper()
 	out, err := n.Shell(t.Context(), time.Minute, `for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = sidecar ] || continue
 grep -E '^(Uid|CapEff|CapPrm|NoNewPrivs|Seccomp):' $p/status; awk '$5 == "/sys/fs/cgroup" { print "cgroupfs:", $0 }' $p/mountinfo; done`)
@@ -689,27 +709,15 @@ grep -E '^(Uid|CapEff|CapPrm|NoNewPrivs|Seccomp):' $p/status; awk '$5 == "/sys/f
 
 	t.Logf("sidecar process: %q", facts)
 
-	dir := fmt.Sprintf("/var/log/pods/%s_%s_%s/%s", pod.Namespace, pod.Name, pod.UID, names.SidecarName)
-	files, err := n.Collect(t.Context(), dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	recs, files := sidecarLog(t, n, pod)
 	var notify string
 	var killed bool
-	for _, b := range files {
-		for line := range strings.Lines(string(b)) {
-			// CRI log format: time stream P|F message.
-			f := strings.SplitN(line, " ", 4)
-			var rec map[string]any
-			if len(f) < 4 || json.Unmarshal([]byte(f[3]), &rec) != nil || rec["container"] != "app" {
-				continue
-			}
-			switch rec["msg"] {
-			case "watching container":
-				notify, _ = rec["notify"].(string)
-			case "container OOM-killed":
-				killed = true
-			}
+	for _, rec := range recs {
+		switch rec["msg"] {
+		case "watching container":
+			notify, _ = rec["notify"].(string)
+		case "container OOM-killed":
+			killed = true
 		}
 	}
 	// cgroup v2 signals memory.events changes through inotify, which needs
@@ -720,11 +728,34 @@ grep -E '^(Uid|CapEff|CapPrm|NoNewPrivs|Seccomp):' $p/status; awk '$5 == "/sys/f
 	}
 }
 
+// sidecarLog is what the pod's sidecar logged about the app container (its
+// JSON records, in the kubelet's CRI log files) and the files themselves.
+func sidecarLog(t testing.TB, n *node.Node, pod *corev1.Pod) ([]map[string]any, map[string][]byte) {
+	t.Helper()
+	dir := fmt.Sprintf("/var/log/pods/%s_%s_%s/%s", pod.Namespace, pod.Name, pod.UID, names.SidecarName)
+	files, err := n.Collect(t.Context(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []map[string]any
+	for _, b := range files {
+		for line := range strings.Lines(string(b)) {
+			// CRI log format: time stream P|F message.
+			f := strings.SplitN(line, " ", 4)
+			var rec map[string]any
+			if len(f) == 4 && json.Unmarshal([]byte(f[3]), &rec) == nil && rec["container"] == "app" {
+				recs = append(recs, rec)
+			}
+		}
+	}
+	return recs, files
+}
+
 // startControllerManager runs kube-controller-manager on the host against
 // the envtest API server with the Deployment, ReplicaSet and Job
 // controllers only (no scheduler runs: the pod templates name the node), no
 // leader election and no serving port.
-func startControllerManager(t *testing.T, env *envtest.Environment, dir string) {
+func startControllerManager(t testing.TB, env *envtest.Environment, dir string) {
 	t.Helper()
 	bin, err := node.ControllerManager(t.Context())
 	if err != nil {

@@ -21,6 +21,8 @@ const criContainers = "/var/lib/containerd/io.containerd.grpc.v1.cri/containers"
 // nanosecond: the API's container status rounds finishedAt down to whole
 // seconds.
 type Exit struct {
+	// StartedAt is when runc started the container's process.
+	StartedAt time.Time
 	// FinishedAt is when the runc shim reaped the container's process: the
 	// kubelet's finishedAt.
 	FinishedAt time.Time
@@ -50,6 +52,7 @@ func (n *Node) ContainerExit(ctx context.Context, containerID string) (Exit, err
 func parseExit(id string, status, log []byte) (Exit, error) {
 	var st struct {
 		Version    string
+		StartedAt  int64
 		FinishedAt int64
 		ExitCode   int32
 		Reason     string
@@ -60,7 +63,7 @@ func parseExit(id string, status, log []byte) (Exit, error) {
 	if st.Version != "v1" || st.FinishedAt == 0 {
 		return Exit{}, fmt.Errorf("node: container %s status %s: not a finished container (version %q)", id, status, st.Version)
 	}
-	e := Exit{FinishedAt: time.Unix(0, st.FinishedAt).UTC(), ExitCode: st.ExitCode, Reason: st.Reason}
+	e := Exit{StartedAt: time.Unix(0, st.StartedAt).UTC(), FinishedAt: time.Unix(0, st.FinishedAt).UTC(), ExitCode: st.ExitCode, Reason: st.Reason}
 	sc := bufio.NewScanner(bytes.NewReader(log))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {

@@ -21,6 +21,7 @@ func TestParseExit(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Exit{
+		StartedAt:  time.Unix(0, 1796261901000000000).UTC(),
 		FinishedAt: time.Unix(0, 1796261925123456789).UTC(), ExitCode: 137, Reason: "OOMKilled",
 		OOMEventAt: time.Date(2026, 12, 3, 1, 38, 44, 181717690, time.UTC),
 	}

@@ -315,7 +315,7 @@ func (c *Client) Fetch(ctx context.Context, addr, profile string, w io.Writer) (
 	if resp.StatusCode != http.StatusOK {
 		snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		err := fmt.Errorf("pprof: fetch %s from %s: %s: %s", profile, addr, resp.Status, bytes.TrimSpace(snippet))
-		if statusErr(resp) == ErrRefused {
+		if errors.Is(statusErr(resp), ErrRefused) {
 			err = fmt.Errorf("%w: %w", ErrRefused, err)
 		}
 		return 0, err
