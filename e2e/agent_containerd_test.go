@@ -76,7 +76,7 @@ func TestAgentContainerd(t *testing.T) {
 	if len(baseline.Profiles) != 1 || baseline.Profiles[0].Name != "heap" {
 		t.Fatalf("capture %s holds %+v, want the heap profile", baseline.ID, baseline.Profiles)
 	}
-	data, err := get(st, baseline.Profiles[0].Key)
+	data, err := testkit.ReadObject(st, baseline.Profiles[0].Key)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,7 +43,7 @@ func BenchmarkCaptureRate(b *testing.B) {
 					detect = append(detect, c.CapturedAt.Sub(c.DetectedAt))
 				}
 				if err == nil {
-					err = verifyFinalHeap(openStore(b, m.storage), m.meta, tt.fn)
+					err = testkit.FinalHeap(openStore(b, m.storage), m.meta, tt.fn)
 				}
 				if err != nil {
 					b.Logf("run %d: no usable capture: %v", i, err)
@@ -77,7 +77,7 @@ func BenchmarkAppStartsWithSidecar(b *testing.B) {
 	for i := range runs {
 		m, _, err := oneKill(b, startWithSidecar.shape, startWithSidecar.appArgs)
 		if err == nil {
-			err = verifyFinalHeap(openStore(b, m.storage), m.meta, "main.leakLinear")
+			err = testkit.FinalHeap(openStore(b, m.storage), m.meta, "main.leakLinear")
 		}
 		if err != nil {
 			b.Logf("run %d: no usable capture: %v", i, err)
@@ -389,7 +389,7 @@ func BenchmarkSidecarPeakRSSUpload(b *testing.B) {
 			b.Fatal(err)
 		}
 		_ = pod.Close()
-		if _, err := get(st, meta.Profiles[0].Key); err != nil {
+		if _, err := testkit.ReadObject(st, meta.Profiles[0].Key); err != nil {
 			b.Fatal(err)
 		}
 		b.ReportMetric(float64(hwm)/(1<<20), "peak-rss-MiB")

@@ -250,7 +250,7 @@ func captures(t testing.TB, st store.Store) []*capture.Metadata {
 		if !strings.HasSuffix(o.Key, capture.MetadataSuffix) {
 			return nil
 		}
-		b, err := get(st, o.Key)
+		b, err := testkit.ReadObject(st, o.Key)
 		if err != nil {
 			return err
 		}
@@ -265,15 +265,6 @@ func captures(t testing.TB, st store.Store) []*capture.Metadata {
 		t.Fatal(err)
 	}
 	return out
-}
-
-func get(st store.Store, key string) ([]byte, error) {
-	rc, err := st.Get(context.Background(), key)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	return io.ReadAll(rc)
 }
 
 func openStore(t testing.TB, rawURL string) store.Store {
@@ -296,17 +287,11 @@ func checkFinalHeap(t testing.TB, st store.Store, m *capture.Metadata, want stri
 	if podsim.CgroupVersion() == 2 && m.Pressure == nil {
 		t.Errorf("final capture %s on cgroup v2 without memory.pressure", m.ID)
 	}
-	if err := verifyFinalHeap(st, m, want); err != nil {
+	if err := testkit.FinalHeap(st, m, want); err != nil {
 		t.Error(err)
 	} else if m.Pressure != nil {
 		record(t, fmt.Sprintf("captured psi_some_avg10=%.2f psi_full_avg10=%.2f", m.Pressure.SomeAvg10, m.Pressure.FullAvg10))
 	} else {
 		record(t, "captured")
 	}
-}
-
-// verifyFinalHeap checks that m was taken before its kill and that its heap
-// profile parses and names want as the top in-use function.
-func verifyFinalHeap(st store.Store, m *capture.Metadata, want string) error {
-	return testkit.FinalHeap(m, func(key string) ([]byte, error) { return get(st, key) }, want)
 }

@@ -79,7 +79,7 @@ func TestS3Storage(t *testing.T) {
 	for _, m := range captures(t, st) {
 		for _, p := range m.Profiles {
 			if p.Error == "" && p.Bytes > 0 {
-				if b, err := get(st, p.Key); err != nil || int64(len(b)) != p.Bytes {
+				if b, err := testkit.ReadObject(st, p.Key); err != nil || int64(len(b)) != p.Bytes {
 					t.Errorf("profile %s: %d bytes (%v), metadata says %d", p.Key, len(b), err, p.Bytes)
 				}
 			}

@@ -95,7 +95,7 @@ func TestShutdownKeepsSpoolAndRestartDrainsIt(t *testing.T) {
 	}
 	startSidecar(t, spoolDir, "HEAPWATCH_STORAGE=file://"+blocked)
 	waitUntil(t, 10*time.Second, "the spool drained at start-up", func() bool { return spooled(t, spoolDir) == 0 })
-	b, err := get(openStore(t, "file://"+blocked), meta.Profiles[0].Key)
+	b, err := testkit.ReadObject(openStore(t, "file://"+blocked), meta.Profiles[0].Key)
 	if err != nil || len(b) != 1<<20 {
 		t.Errorf("spooled profile after restart: %d bytes, %v", len(b), err)
 	}

@@ -104,16 +104,7 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 		<-ctx.Done()
 	}
 
-	log.Info("shutting down", "grace", c.Grace)
-	deadline := time.Now().Add(c.Grace)
-	d.close(c.Grace / 2)
-	flushCtx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
-	if err := shipper.Stop(flushCtx); err != nil {
-		log.Warn("captures left in the spool for the next start", "err", err)
-	}
-	ids, _ := sp.Pending()
-	log.Info("stopped", "spooled", len(ids), "spoolBytes", sp.Bytes())
+	shipper.Shutdown(c.Grace, d.close)
 	return nil
 }
 

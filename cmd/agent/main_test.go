@@ -27,6 +27,36 @@ import (
 	"github.com/heapwatch/heapwatch/store"
 )
 
+// newTestDaemons builds the agent's daemons from the config file cfg (no
+// built-in daemons, node n1) and extra flags, with a spool of spoolBytes
+// under dir, this machine's /proc and cgroups for the accounting, and log.
+func newTestDaemons(t *testing.T, dir, cfg string, spoolBytes int64, log *slog.Logger, flags ...string) (*daemons, *spool.Spool, *metrics.Metrics, *nodemem.Collector) {
+	t.Helper()
+	c, err := parseFlags(append([]string{"--config", cfg, "--builtin-daemons=false"}, flags...), env(map[string]string{"NODE_NAME": "n1"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	proc, err := procfs.NewFS("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New()
+	sp, err := spool.Open(filepath.Join(dir, "spool"), spool.Options{MaxBytes: spoolBytes, Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := nodemem.NewReader("/proc", "/sys/fs/cgroup", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	acct := nodemem.NewCollector(r, slog.New(slog.DiscardHandler))
+	d, err := newDaemons(c, proc, sp, m, acct, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, sp, m, acct
+}
+
 // TestDaemonsRouting: a daemon with a pprof endpoint gets a collector of
 // its own; one without is watched for memory only: its samples reach the
 // metrics and the node accounting, its triggers are logged, and it is
@@ -37,29 +67,8 @@ func TestDaemonsRouting(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("daemons:\n- name: withpprof\n  exe: a\n  pprof: unix:///nonexistent/debug.sock\n- name: memonly\n  exe: b\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c, err := parseFlags([]string{"--config", cfg, "--builtin-daemons=false"}, env(map[string]string{"NODE_NAME": "n1"}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	proc, err := procfs.NewFS("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := metrics.New()
-	sp, err := spool.Open(filepath.Join(dir, "spool"), spool.Options{MaxBytes: 1 << 20, Metrics: m})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := nodemem.NewReader("/proc", "/sys/fs/cgroup", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	acct := nodemem.NewCollector(r, slog.New(slog.DiscardHandler))
 	var logs strings.Builder
-	d, err := newDaemons(c, proc, sp, m, acct, slog.New(slog.NewTextHandler(&logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, _, m, acct := newTestDaemons(t, dir, cfg, 1<<20, slog.New(slog.NewTextHandler(&logs, nil)))
 	defer d.close(time.Second)
 	if _, ok := d.handlers["withpprof"]; !ok || len(d.handlers) != 1 {
 		t.Fatalf("handlers %v, want one for withpprof only", d.handlers)
@@ -110,27 +119,7 @@ func testBaseline(t *testing.T, stepAfterMiss bool) {
 	if err := os.WriteFile(cfg, []byte("daemons:\n- name: late\n  exe: late\n  pprof: unix://"+sock+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c, err := parseFlags([]string{"--config", cfg, "--builtin-daemons=false", "--profiles", "heap"}, env(map[string]string{"NODE_NAME": "n1"}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	proc, err := procfs.NewFS("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := metrics.New()
-	sp, err := spool.Open(filepath.Join(dir, "spool"), spool.Options{MaxBytes: 64 << 20, Metrics: m})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := nodemem.NewReader("/proc", "/sys/fs/cgroup", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := newDaemons(c, proc, sp, m, nodemem.NewCollector(r, slog.New(slog.DiscardHandler)), slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, sp, _, _ := newTestDaemons(t, dir, cfg, 64<<20, slog.New(slog.DiscardHandler), "--profiles", "heap")
 	defer d.close(time.Second)
 	storage := "file://" + filepath.Join(dir, "store")
 	shipper := ship.Start(sp, ship.Options{Storage: storage, Log: slog.New(slog.DiscardHandler)})

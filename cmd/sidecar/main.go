@@ -116,18 +116,7 @@ func run(log *slog.Logger, f flags) error {
 		<-ctx.Done()
 	}
 
-	// SIGTERM: let running captures end, then try once more to store what
-	// is spooled; what is left stays in the spool for the next start.
-	log.Info("shutting down", "grace", f.grace)
-	deadline := time.Now().Add(f.grace)
-	col.Close(f.grace / 2)
-	flushCtx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
-	if err := shipper.Stop(flushCtx); err != nil {
-		log.Warn("captures left in the spool for the next start", "err", err)
-	}
-	ids, _ := sp.Pending()
-	log.Info("stopped", "spooled", len(ids), "spoolBytes", sp.Bytes())
+	shipper.Shutdown(f.grace, col.Close)
 	return nil
 }
 

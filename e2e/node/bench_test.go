@@ -149,7 +149,7 @@ func (c *cluster) oneKill(b *testing.B, name string, args []string, fn string) (
 		}
 		time.Sleep(time.Second)
 	}
-	if err := testkit.FinalHeap(m, func(key string) ([]byte, error) { return get(c.captures, key) }, fn); err != nil {
+	if err := testkit.FinalHeap(c.captures, m, fn); err != nil {
 		return r, err
 	}
 	r.lead = m.OOMKilledAt.Sub(m.CapturedAt)

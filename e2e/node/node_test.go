@@ -13,7 +13,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"maps"
 	"net/url"
 	"os"
@@ -290,7 +289,7 @@ func TestStoryOnARealNode(t *testing.T) {
 		if m.OOMKilledAt.After(exit.FinishedAt) {
 			t.Errorf("kill %d: oomKilledAt %v after the kubelet's finishedAt %v: the sidecar saw the kill late", kill, m.OOMKilledAt, exit.FinishedAt)
 		}
-		if err := testkit.FinalHeap(m, func(key string) ([]byte, error) { return get(captures, key) }, "main.leakDoubling"); err != nil {
+		if err := testkit.FinalHeap(captures, m, "main.leakDoubling"); err != nil {
 			t.Errorf("kill %d: %v", kill, err)
 		}
 		summary.captured++
@@ -443,15 +442,6 @@ func waitFinalCapture(t testing.TB, st store.Store, pod *corev1.Pod, after time.
 	})
 	t.Logf("captures: %q", all)
 	return final
-}
-
-func get(st store.Store, key string) ([]byte, error) {
-	rc, err := st.Get(context.Background(), key)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	return io.ReadAll(rc)
 }
 
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool, error)) {

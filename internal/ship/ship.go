@@ -102,6 +102,23 @@ func (s *Shipper) Stop(ctx context.Context) error {
 	return s.pass(ctx)
 }
 
+// Shutdown ends a daemon's run on SIGTERM within grace: endCaptures gets
+// half of it to let running captures end, then what is spooled is stored
+// once more until grace is up; what is left stays in the spool for the
+// next start.
+func (s *Shipper) Shutdown(grace time.Duration, endCaptures func(wait time.Duration)) {
+	s.log.Info("shutting down", "grace", grace)
+	deadline := time.Now().Add(grace)
+	endCaptures(grace / 2)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	if err := s.Stop(ctx); err != nil {
+		s.log.Warn("captures left in the spool for the next start", "err", err)
+	}
+	ids, _ := s.sp.Pending()
+	s.log.Info("stopped", "spooled", len(ids), "spoolBytes", s.sp.Bytes())
+}
+
 // run drains the spool until ctx is done.
 func (s *Shipper) run(ctx context.Context) {
 	var delay time.Duration

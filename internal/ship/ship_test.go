@@ -243,6 +243,33 @@ func TestStopLeavesWhatCannotBeStored(t *testing.T) {
 	}
 }
 
+// TestShutdown: running captures get half the grace period; one that
+// commits meanwhile is stored by the final pass, and Shutdown says what it
+// left (nothing).
+func TestShutdown(t *testing.T) {
+	sp := openSpool(t, nil)
+	rawURL := "file://" + t.TempDir()
+	var logs testkit.Buffer
+	// After one pass the loop waits an hour: only the final pass can store
+	// what commits while captures end.
+	sh := Start(sp, Options{Storage: rawURL, Log: logger(&logs), Backoff: Backoff{Initial: time.Hour, Max: time.Hour}})
+	var meta *capture.Metadata
+	var gotWait time.Duration
+	sh.Shutdown(4*time.Second, func(wait time.Duration) {
+		gotWait = wait
+		_, meta = addCapture(t, sp, 1, false)
+	})
+	if gotWait != 2*time.Second {
+		t.Errorf("running captures got %v, want half the grace (2s)", gotWait)
+	}
+	if !stored(t, rawURL, meta) || pending(sp) != 0 {
+		t.Errorf("after Shutdown: stored %v, %d pending", stored(t, rawURL, meta), pending(sp))
+	}
+	if !strings.Contains(logs.String(), `"spooled":0`) {
+		t.Errorf("Shutdown did not log what it left:\n%s", logs.String())
+	}
+}
+
 // panicOnce is the real file store, whose first Put panics.
 type panicOnce struct {
 	store.Store

@@ -1,19 +1,22 @@
 package testkit
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 
 	"github.com/google/pprof/profile"
 
 	"github.com/heapwatch/heapwatch/capture"
+	"github.com/heapwatch/heapwatch/store"
 )
 
 // FinalHeap checks that m was taken before its kill and that its heap
-// profile, read with get, parses and names want as the top in-use
-// function (flat, the first frame outside the runtime).
-func FinalHeap(m *capture.Metadata, get func(key string) ([]byte, error), want string) error {
+// profile, read from st, parses and names want as the top in-use function
+// (flat, the first frame outside the runtime).
+func FinalHeap(st store.Store, m *capture.Metadata, want string) error {
 	if m.OOMKilledAt == nil || !m.CapturedAt.Before(*m.OOMKilledAt) {
 		return fmt.Errorf("final capture %s taken at %v, kill at %v: want before", m.ID, m.CapturedAt, m.OOMKilledAt)
 	}
@@ -21,7 +24,7 @@ func FinalHeap(m *capture.Metadata, get func(key string) ([]byte, error), want s
 	if i < 0 || m.Profiles[i].Error != "" {
 		return fmt.Errorf("final capture %s has no complete heap profile: %+v", m.ID, m.Profiles)
 	}
-	b, err := get(m.Profiles[i].Key)
+	b, err := ReadObject(st, m.Profiles[i].Key)
 	if err != nil {
 		return err
 	}
@@ -73,4 +76,14 @@ func leafFunction(s *profile.Sample) string {
 		}
 	}
 	return ""
+}
+
+// ReadObject is the whole object at key in st.
+func ReadObject(st store.Store, key string) ([]byte, error) {
+	rc, err := st.Get(context.Background(), key)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return io.ReadAll(rc)
 }

@@ -2,7 +2,6 @@ package testkit
 
 import (
 	"bytes"
-	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +9,7 @@ import (
 	"github.com/google/pprof/profile"
 
 	"github.com/heapwatch/heapwatch/capture"
+	"github.com/heapwatch/heapwatch/store"
 )
 
 // heapProfile is a heap profile with in-use bytes per stack (innermost
@@ -46,11 +46,12 @@ func TestFinalHeap(t *testing.T) {
 		"other": {"main.small", "main.main"},
 		"rt":    {"runtime.malg"},
 	}, map[string]int64{"leak": 100 << 20, "other": 1 << 20})
-	get := func(key string) ([]byte, error) {
-		if key != "k/heap.pb.gz" {
-			return nil, errors.New("no such key " + key)
-		}
-		return prof, nil
+	st, err := store.Open(t.Context(), "file://"+t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Put(t.Context(), "k/heap.pb.gz", bytes.NewReader(prof), int64(len(prof))); err != nil {
+		t.Fatal(err)
 	}
 	killed := time.Date(2026, 12, 3, 1, 0, 0, 0, time.UTC)
 	meta := func(captured time.Time, profiles ...capture.Profile) *capture.Metadata {
@@ -66,10 +67,10 @@ func TestFinalHeap(t *testing.T) {
 		{"taken after the kill", "main.leakDoubling", "want before", meta(killed.Add(time.Second), heap)},
 		{"no heap profile", "main.leakDoubling", "no complete heap profile", meta(killed.Add(-time.Second), capture.Profile{Name: "goroutine", Key: "k/g"})},
 		{"heap profile failed", "main.leakDoubling", "no complete heap profile", meta(killed.Add(-time.Second), capture.Profile{Name: "heap", Error: "timeout"})},
-		{"missing object", "main.leakDoubling", "no such key", meta(killed.Add(-time.Second), capture.Profile{Name: "heap", Key: "x"})},
+		{"missing object", "main.leakDoubling", "not found", meta(killed.Add(-time.Second), capture.Profile{Name: "heap", Key: "x"})},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			err := FinalHeap(tt.m, get, tt.want)
+			err := FinalHeap(st, tt.m, tt.want)
 			if tt.err == "" && err != nil || tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)) {
 				t.Errorf("FinalHeap = %v, want error containing %q", err, tt.err)
 			}
