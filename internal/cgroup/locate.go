@@ -57,3 +57,20 @@ func Locate(p procfs.Proc) (string, Version, error) {
 	}
 	return "", 0, fmt.Errorf("pid %d (cgroup %s): %w: %w", p.PID, cgPath, ErrNoCgroup, errors.Join(errs...))
 }
+
+// MemoryHierarchy is the memory controller's hierarchy under a cgroupfs
+// mounted at root (the host's, as the agent mounts it): root/memory on a
+// v1 or hybrid host, whose hierarchy has memory.usage_in_bytes at its top,
+// else root itself (v2).
+func MemoryHierarchy(root string) (string, error) {
+	v1 := filepath.Join(root, "memory")
+	_, err := os.Stat(filepath.Join(v1, layouts[V1].usage))
+	switch {
+	case err == nil:
+		return v1, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return root, nil
+	default:
+		return "", fmt.Errorf("cgroup: %w", err)
+	}
+}

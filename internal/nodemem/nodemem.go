@@ -96,12 +96,11 @@ func NewReader(procRoot, cgroupRoot, podsCgroup string) (*Reader, error) {
 			return nil, fmt.Errorf("nodemem: %s is not a directory", dir)
 		}
 	}
-	r := &Reader{proc: procRoot, memoryRoot: cgroupRoot, pods: PodsCgroups}
-	if _, err := os.Stat(filepath.Join(cgroupRoot, "memory", "memory.usage_in_bytes")); err == nil {
-		r.memoryRoot = filepath.Join(cgroupRoot, "memory")
-	} else if !errors.Is(err, fs.ErrNotExist) {
+	memoryRoot, err := cgroup.MemoryHierarchy(cgroupRoot)
+	if err != nil {
 		return nil, fmt.Errorf("nodemem: %w", err)
 	}
+	r := &Reader{proc: procRoot, memoryRoot: memoryRoot, pods: PodsCgroups}
 	if podsCgroup != "" {
 		r.pods = []string{podsCgroup}
 	}

@@ -1,7 +1,6 @@
 package watch
 
 import (
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -181,10 +180,11 @@ func (w *Watcher) watch(wg *sync.WaitGroup, key, name string, target capture.Tar
 // openUnder opens the memory cgroup at path under a cgroupfs mounted at
 // root: the v1 memory hierarchy when root has one, else v2.
 func openUnder(root, path string) (memory, string, cgroup.Version, error) {
-	dir := filepath.Join(root, "memory", path)
-	if _, err := os.Stat(filepath.Join(root, "memory")); err != nil {
-		dir = filepath.Join(root, path)
+	hierarchy, err := cgroup.MemoryHierarchy(root)
+	if err != nil {
+		return nil, "", 0, err
 	}
+	dir := filepath.Join(hierarchy, path)
 	m, err := cgroup.Open(dir)
 	if err != nil {
 		return nil, "", 0, err
