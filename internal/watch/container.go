@@ -175,10 +175,7 @@ func (c *watched) tick(detected time.Time) error {
 		c.w.o.OnSample(ct, s)
 	}
 	if s.OOMKills > c.oomKills {
-		c.oomKills = s.OOMKills
-		c.lastKill = s.Time
-		c.w.log.Warn("container OOM-killed", "container", ct.Name, "oomKills", s.OOMKills, "lastUsage", c.prev.Usage, "limit", c.prev.Limit)
-		h.OOMKilled(ct, s.Time, c.prev)
+		c.oomKilled(ct, s, s.Time)
 	}
 	registered := !c.haveLevels || s.Limit != c.levelsFor
 	if registered {
@@ -260,17 +257,26 @@ func exists(path string) bool {
 	return e == 0
 }
 
+// oomKilled reports the kill the counter shows in s, seen at at: the one
+// place a counted kill is logged and handed on, whether a tick or the
+// container's end saw it first.
+func (c *watched) oomKilled(ct Container, s Sample, at time.Time) {
+	c.oomKills = s.OOMKills
+	c.lastKill = at
+	c.w.log.Warn("container OOM-killed", "container", ct.Name, "oomKills", s.OOMKills, "lastUsage", c.prev.Usage, "limit", c.prev.Limit)
+	c.w.h.OOMKilled(ct, at, c.prev)
+}
+
 // processesGone ends the container: a kill the counter shows now is
 // reported; without one, processes vanishing while usage was near the
 // limit are reported as an OOM kill too (the counter is missing on old
 // kernels, and the group may be removed before it is read again).
 func (c *watched) processesGone(at time.Time) {
 	if s, err := c.mem.Sample(); err == nil && s.OOMKills > c.oomKills {
-		c.oomKills = s.OOMKills
 		c.mu.Lock()
 		c.prev, c.last = c.last, s
 		c.mu.Unlock()
-		c.w.h.OOMKilled(c.container(), at, c.prev)
+		c.oomKilled(c.container(), s, at)
 		return
 	}
 	c.mu.Lock()
