@@ -76,18 +76,60 @@ func (w logWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// summary is the line `make test-node` ends with.
+// summary is what `make test-node` ends with: the failures again (a failing
+// run's output ends with the components' logs, and CI shows only its
+// tail), then the kills.
 var summary struct {
 	kills, captured int
+	mu              sync.Mutex
+	failures        []string
 }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	fmt.Printf("node: %d OOM kills, %d captured\n", summary.kills, summary.captured)
+	var out []byte
+	for _, f := range summary.failures {
+		out = fmt.Appendf(out, "node: FAIL: %s\n", f)
+	}
+	out = fmt.Appendf(out, "node: %d OOM kills, %d captured\n", summary.kills, summary.captured)
+	os.Stdout.Write(out)
 	if p := os.Getenv("HEAPWATCH_NODE_SUMMARY"); p != "" {
-		_ = os.WriteFile(p, fmt.Appendf(nil, "node: %d OOM kills, %d captured\n", summary.kills, summary.captured), 0o644)
+		_ = os.WriteFile(p, out, 0o644)
 	}
 	os.Exit(code)
+}
+
+// recorder is a test that adds its failures to the summary.
+type recorder struct{ testing.TB }
+
+func (r recorder) record(msg string) {
+	summary.mu.Lock()
+	defer summary.mu.Unlock()
+	summary.failures = append(summary.failures, r.Name()+": "+msg)
+}
+
+func (r recorder) Error(args ...any) {
+	r.TB.Helper()
+	r.record(fmt.Sprint(args...))
+	r.TB.Error(args...)
+}
+
+func (r recorder) Errorf(format string, args ...any) {
+	r.TB.Helper()
+	r.record(fmt.Sprintf(format, args...))
+	r.TB.Errorf(format, args...)
+}
+
+func (r recorder) Fatal(args ...any) {
+	r.TB.Helper()
+	r.record(fmt.Sprint(args...))
+	r.TB.Fatal(args...)
+}
+
+func (r recorder) Fatalf(format string, args ...any) {
+	r.TB.Helper()
+	r.record(fmt.Sprintf(format, args...))
+	r.TB.Fatalf(format, args...)
 }
 
 // cluster is the story's world: the API server and controller-manager on
@@ -196,7 +238,8 @@ func startCluster(t testing.TB) *cluster {
 	return &cluster{cs: cs, warns: warns, n: n, wh: wh, captures: captures}
 }
 
-func TestStoryOnARealNode(t *testing.T) {
+func TestStoryOnARealNode(tt *testing.T) {
+	t := recorder{tt}
 	began := time.Now()
 	ctx := t.Context()
 	c := startCluster(t)
@@ -237,43 +280,54 @@ func TestStoryOnARealNode(t *testing.T) {
 
 	checkSidecarSpec(t, pod)
 
-	seen := map[string]bool{}
-	var prevFinished time.Time
-	for kill := 1; kill <= 2; kill++ {
-		var st corev1.ContainerStatus
-		waitFor(t, 10*time.Minute, fmt.Sprintf("OOM kill %d", kill), func() (bool, error) {
-			p, err := cs.CoreV1().Pods(namespace).Get(ctx, pod.Name, metav1.GetOptions{})
-			if err != nil {
-				return false, err
-			}
-			pod, st = p, appStatus(p)
-			return int(st.RestartCount) >= kill && st.LastTerminationState.Terminated != nil, nil
-		})
+	// The kills, each read from containerd as soon as the API shows it:
+	// the kubelet removes a dead container once a newer one has died, and
+	// checking a kill's capture takes longer than the app's next life.
+	type kill struct {
+		term *corev1.ContainerStateTerminated
+		exit node.Exit
+	}
+	var kills []kill
+	waitFor(t, 15*time.Minute, "two OOM kills", func() (bool, error) {
+		p, err := cs.CoreV1().Pods(namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		pod = p
+		st := appStatus(p)
 		term := st.LastTerminationState.Terminated
-		if term.Reason != "OOMKilled" {
-			t.Fatalf("kill %d: lastState.terminated = %+v, want reason OOMKilled", kill, term)
+		if term == nil || len(kills) > 0 && kills[len(kills)-1].term.ContainerID == term.ContainerID {
+			return false, nil
 		}
-		if int(st.RestartCount) != kill {
-			t.Fatalf("restart count %d, want %d (a kill went by unseen by the test)", st.RestartCount, kill)
+		if int(st.RestartCount) != len(kills)+1 {
+			return false, fmt.Errorf("restart count %d, want %d (a kill went by unseen by the test)", st.RestartCount, len(kills)+1)
 		}
-		summary.kills++
-		t.Logf("timing: OOM kill %d at %v after the pod was created (container %s)", kill, term.FinishedAt.Sub(pod.CreationTimestamp.Time), term.ContainerID)
-		if seen[term.ContainerID] {
-			t.Fatalf("kill %d: container ID %s again, want a new container per restart", kill, term.ContainerID)
+		if slices.ContainsFunc(kills, func(k kill) bool { return k.term.ContainerID == term.ContainerID }) {
+			return false, fmt.Errorf("container ID %s again, want a new container per restart", term.ContainerID)
 		}
-		seen[term.ContainerID] = true
-
 		exit, err := n.ContainerExit(ctx, term.ContainerID)
 		if err != nil {
-			t.Fatal(err)
+			return false, err
 		}
+		kills = append(kills, kill{term, exit})
+		t.Logf("timing: OOM kill %d at %v after the pod was created (container %s)", len(kills), term.FinishedAt.Sub(pod.CreationTimestamp.Time), term.ContainerID)
+		return len(kills) == 2, nil
+	})
+	checkSidecarRun(t, n, pod)
+
+	for i, k := range kills {
+		term, exit := k.term, k.exit
+		if term.Reason != "OOMKilled" {
+			t.Errorf("kill %d: lastState.terminated = %+v, want reason OOMKilled", i+1, term)
+			continue
+		}
+		summary.kills++
 		if !exit.FinishedAt.Truncate(time.Second).Equal(term.FinishedAt.Time) || exit.Reason != "OOMKilled" || exit.ExitCode != 137 {
 			t.Errorf("containerd's record of %s: %+v; the API says finishedAt %v, want the same exit (137, OOMKilled)", term.ContainerID, exit, term.FinishedAt)
 		}
-		m := waitFinalCapture(t, captures, pod, prevFinished)
-		prevFinished = exit.FinishedAt
+		m := waitFinalCapture(t, captures, pod, exit)
 		t.Logf("kill %d: final capture %s (trigger %s): oomKilledAt %v; containerd: TaskOOM event %v, process reaped (finishedAt) %v; oomKilledAt-TaskOOM %v, finishedAt-oomKilledAt %v",
-			kill, m.ID, m.Trigger, m.OOMKilledAt.Format(time.StampMicro), exit.OOMEventAt.Format(time.StampMicro), exit.FinishedAt.Format(time.StampMicro),
+			i+1, m.ID, m.Trigger, m.OOMKilledAt.Format(time.StampMicro), exit.OOMEventAt.Format(time.StampMicro), exit.FinishedAt.Format(time.StampMicro),
 			m.OOMKilledAt.Sub(exit.OOMEventAt), exit.FinishedAt.Sub(*m.OOMKilledAt))
 		// The kubelet's finishedAt is when the shim reaped the killed
 		// process: under TCG that trails the kill by 1-3 s (a killed Go
@@ -282,20 +336,18 @@ func TestStoryOnARealNode(t *testing.T) {
 		// runtime sees too (the shim's TaskOOM event): the sidecar must be
 		// within a second of that, and never after the process was reaped.
 		if exit.OOMEventAt.IsZero() {
-			t.Errorf("kill %d: containerd logged no TaskOOM event for %s", kill, term.ContainerID)
+			t.Errorf("kill %d: containerd logged no TaskOOM event for %s", i+1, term.ContainerID)
 		} else if d := m.OOMKilledAt.Sub(exit.OOMEventAt).Abs(); d > time.Second {
-			t.Errorf("kill %d: oomKilledAt %v is %v from the runtime's TaskOOM event %v, want within 1s", kill, m.OOMKilledAt, d, exit.OOMEventAt)
+			t.Errorf("kill %d: oomKilledAt %v is %v from the runtime's TaskOOM event %v, want within 1s", i+1, m.OOMKilledAt, d, exit.OOMEventAt)
 		}
 		if m.OOMKilledAt.After(exit.FinishedAt) {
-			t.Errorf("kill %d: oomKilledAt %v after the kubelet's finishedAt %v: the sidecar saw the kill late", kill, m.OOMKilledAt, exit.FinishedAt)
+			t.Errorf("kill %d: oomKilledAt %v after the kubelet's finishedAt %v: the sidecar saw the kill late", i+1, m.OOMKilledAt, exit.FinishedAt)
 		}
 		if err := testkit.FinalHeap(captures, m, "main.leakDoubling"); err != nil {
-			t.Errorf("kill %d: %v", kill, err)
+			t.Errorf("kill %d: %v", i+1, err)
+			continue
 		}
 		summary.captured++
-		if kill == 1 {
-			checkSidecarRun(t, n, pod)
-		}
 		if m.Pod != pod.Name || m.PodUID != string(pod.UID) || m.Node != node.Name || m.Container != "app" || m.Namespace != namespace {
 			t.Errorf("capture names %s/%s uid %s node %s container %s, want %s/%s uid %s node %s container app",
 				m.Namespace, m.Pod, m.PodUID, m.Node, m.Container, namespace, pod.Name, pod.UID, node.Name)
@@ -307,7 +359,8 @@ func TestStoryOnARealNode(t *testing.T) {
 		}
 	}
 
-	t.Run("InvalidAnnotationWarns", func(t *testing.T) {
+	tt.Run("InvalidAnnotationWarns", func(tt *testing.T) {
+		t := recorder{tt}
 		warns.Reset()
 		p, err := cs.CoreV1().Pods(namespace).Create(ctx, leakyPod("bad-annotation", map[string]string{"heapwatch.io/thresholds": "eleventy"}), metav1.CreateOptions{})
 		if err != nil {
@@ -321,7 +374,8 @@ func TestStoryOnARealNode(t *testing.T) {
 		}
 	})
 
-	t.Run("JobWithNativeSidecarCompletes", func(t *testing.T) {
+	tt.Run("JobWithNativeSidecarCompletes", func(tt *testing.T) {
+		t := recorder{tt}
 		job, err := cs.BatchV1().Jobs(namespace).Create(ctx, &batchv1.Job{
 			ObjectMeta: metav1.ObjectMeta{Name: "batch", Namespace: namespace},
 			Spec: batchv1.JobSpec{BackoffLimit: ptr.To[int32](0), Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
@@ -367,7 +421,8 @@ func TestStoryOnARealNode(t *testing.T) {
 		}
 	})
 
-	t.Run("WebhookDownPodsStillCreated", func(t *testing.T) {
+	tt.Run("WebhookDownPodsStillCreated", func(tt *testing.T) {
+		t := recorder{tt}
 		wh.stop(t)
 		p, err := cs.CoreV1().Pods(namespace).Create(ctx, leakyPod("no-webhook", nil), metav1.CreateOptions{})
 		if err != nil {
@@ -410,13 +465,20 @@ func leakyPod(name string, annotations map[string]string) *corev1.Pod {
 	}
 }
 
-// waitFinalCapture lists the pod's captures in storage until one marked
-// final for a kill after the previous one (finished at after) is there.
-func waitFinalCapture(t testing.TB, st store.Store, pod *corev1.Pod, after time.Time) *capture.Metadata {
+// restartDelay is the kubelet's first CrashLoopBackOff delay: no newer
+// container of the pod starts sooner after one ends.
+const restartDelay = 10 * time.Second
+
+// waitFinalCapture lists the pod's captures in storage until one is marked
+// final for the kill that ended the container of exit: a kill the sidecar
+// saw in the container's life, or before its successor could start (a late
+// sighting, which the story reports).
+func waitFinalCapture(t testing.TB, st store.Store, pod *corev1.Pod, exit node.Exit) *capture.Metadata {
 	t.Helper()
 	var final *capture.Metadata
 	var all []string
-	waitFor(t, 3*time.Minute, "final capture", func() (bool, error) {
+	from, to := exit.StartedAt, exit.FinishedAt.Add(restartDelay)
+	waitFor(t, 3*time.Minute, fmt.Sprintf("a capture marked final for a kill between %v and %v", from, to), func() (bool, error) {
 		entries, err := catalog.Scan(t.Context(), st, capture.Prefix(pod.Namespace, pod.Name, "app"), func(capture.Name) bool { return true })
 		if err != nil {
 			return false, err
@@ -431,7 +493,7 @@ func waitFinalCapture(t testing.TB, st store.Store, pod *corev1.Pod, after time.
 				return false, fmt.Errorf("capture %s: %w", e.ID, e.MetaErr)
 			}
 			all = append(all, fmt.Sprintf("%s final=%v oom=%v", m.ID, m.Final, m.OOMKilledAt))
-			if m.Final && m.OOMKilledAt != nil && m.OOMKilledAt.After(after) {
+			if m.Final && m.OOMKilledAt != nil && m.OOMKilledAt.After(from) && m.OOMKilledAt.Before(to) {
 				if final != nil && final.ID != m.ID {
 					return false, fmt.Errorf("two captures marked final for one kill: %s and %s", final.ID, m.ID)
 				}
