@@ -116,7 +116,7 @@ func (c *cluster) oneKill(b *testing.B, name string, args []string, fn string) (
 	if err != nil {
 		b.Fatal(err)
 	}
-	recs, _ := sidecarLog(b, c.n, pod)
+	recs, _ := sidecarLog(ctx, b, c.n, pod)
 	for _, rec := range recs {
 		if rec["msg"] != "watching container" {
 			continue

@@ -108,28 +108,26 @@ func (r recorder) record(msg string) {
 	summary.failures = append(summary.failures, r.Name()+": "+msg)
 }
 
-func (r recorder) Error(args ...any) {
-	r.TB.Helper()
-	r.record(fmt.Sprint(args...))
-	r.TB.Error(args...)
-}
-
 func (r recorder) Errorf(format string, args ...any) {
 	r.TB.Helper()
 	r.record(fmt.Sprintf(format, args...))
 	r.TB.Errorf(format, args...)
 }
 
-func (r recorder) Fatal(args ...any) {
+func (r recorder) Error(args ...any) {
 	r.TB.Helper()
-	r.record(fmt.Sprint(args...))
-	r.TB.Fatal(args...)
+	r.Errorf("%s", fmt.Sprint(args...))
 }
 
 func (r recorder) Fatalf(format string, args ...any) {
 	r.TB.Helper()
 	r.record(fmt.Sprintf(format, args...))
 	r.TB.Fatalf(format, args...)
+}
+
+func (r recorder) Fatal(args ...any) {
+	r.TB.Helper()
+	r.Fatalf("%s", fmt.Sprint(args...))
 }
 
 // cluster is the story's world: the API server and controller-manager on
@@ -268,6 +266,14 @@ func TestStoryOnARealNode(tt *testing.T) {
 	if pod.Annotations[names.StatusAnnotation] == "" {
 		t.Fatalf("the webhook did not inject the pod: annotations %v", pod.Annotations)
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			_, files := sidecarLog(context.Background(), t, n, pod)
+			for name, b := range files {
+				t.Logf("%s:\n%s", name, b)
+			}
+		}
+	})
 	waitFor(t, 10*time.Minute, "pod running", func() (bool, error) {
 		p, err := cs.CoreV1().Pods(namespace).Get(ctx, pod.Name, metav1.GetOptions{})
 		if err != nil {
@@ -480,7 +486,7 @@ func waitFinalCapture(t testing.TB, st store.Store, pod *corev1.Pod, exit node.E
 	var final *capture.Metadata
 	var all []string
 	from, to := exit.StartedAt, exit.FinishedAt.Add(restartDelay)
-	waitFor(t, 3*time.Minute, fmt.Sprintf("a capture marked final for a kill between %v and %v", from, to), func() (bool, error) {
+	err := wait.PollUntilContextTimeout(t.Context(), 500*time.Millisecond, 3*time.Minute, true, func(context.Context) (bool, error) {
 		entries, err := catalog.Scan(t.Context(), st, capture.Prefix(pod.Namespace, pod.Name, "app"), func(capture.Name) bool { return true })
 		if err != nil {
 			return false, err
@@ -504,6 +510,9 @@ func waitFinalCapture(t testing.TB, st store.Store, pod *corev1.Pod, exit node.E
 		}
 		return final != nil, nil
 	})
+	if err != nil {
+		t.Fatalf("no capture marked final for a kill between %v and %v: %v; the pod's captures: %q", from, to, err, all)
+	}
 	t.Logf("captures: %q", all)
 	return final
 }
@@ -763,7 +772,7 @@ grep -E '^(Uid|CapEff|CapPrm|NoNewPrivs|Seccomp):' $p/status; awk '$5 == "/sys/f
 
 	t.Logf("sidecar process: %q", facts)
 
-	recs, files := sidecarLog(t, n, pod)
+	recs, files := sidecarLog(t.Context(), t, n, pod)
 	var notify string
 	var killed bool
 	for _, rec := range recs {
@@ -784,10 +793,10 @@ grep -E '^(Uid|CapEff|CapPrm|NoNewPrivs|Seccomp):' $p/status; awk '$5 == "/sys/f
 
 // sidecarLog is what the pod's sidecar logged about the app container (its
 // JSON records, in the kubelet's CRI log files) and the files themselves.
-func sidecarLog(t testing.TB, n *node.Node, pod *corev1.Pod) ([]map[string]any, map[string][]byte) {
+func sidecarLog(ctx context.Context, t testing.TB, n *node.Node, pod *corev1.Pod) ([]map[string]any, map[string][]byte) {
 	t.Helper()
 	dir := fmt.Sprintf("/var/log/pods/%s_%s_%s/%s", pod.Namespace, pod.Name, pod.UID, names.SidecarName)
-	files, err := n.Collect(t.Context(), dir)
+	files, err := n.Collect(ctx, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
