@@ -171,7 +171,7 @@ func (n *Node) logs(ctx context.Context) string {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	res, err := n.VM.Run(ctx, vm.Command{Argv: []string{"/bin/sh", "-c",
-		"for f in /var/log/containerd.log /var/log/kubelet.log /var/log/pods/*/*/*.log; do echo \"== $f\"; tail -n 40 $f; done; " +
+		"for f in " + containerdLog + " /var/log/kubelet.log /var/log/pods/*/*/*.log; do echo \"== $f\"; tail -n 40 $f; done; " +
 			"find " + PodsDir + " -path '*empty-dir*'"}})
 	if err != nil {
 		return err.Error()
